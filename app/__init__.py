@@ -1,0 +1,1 @@
+"""On-premise DeepSpeech transcription service: audio → features → acoustic model → CTC decoder → HTTP/websocket."""

@@ -1,0 +1,142 @@
+"""`scripts/convert.py`: DeepSpeech checkpoint or frozen graph → a model directory the service loads.
+
+    python scripts/convert.py (--checkpoint DIR | --graph output_graph.pb) --alphabet alphabet.txt --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="convert.py",
+        description="Convert a Mozilla DeepSpeech model (0.7.x-0.9.x) to Core ML packages plus a NumPy weight "
+        "file, written as one model directory for the transcription service.",
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="DeepSpeech training checkpoint directory")
+    source.add_argument("--graph", type=Path, help="output_graph.pb exported by upstream DeepSpeech.py")
+    parser.add_argument("--alphabet", type=Path, required=True, help="alphabet.txt the model was trained with")
+    parser.add_argument("--out", type=Path, required=True, help="model directory to write")
+    parser.add_argument("--scorer", type=Path, help="optional DeepSpeech .scorer to ship with the model")
+    parser.add_argument(
+        "--max-steps", type=int, default=None, help="upper bound of the dynamic package's time axis (default 1000)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--name", default=None, help="model name recorded in the manifest (default: --out's name)")
+    return parser.parse_args(argv)
+
+
+def _fail(message: str) -> int:
+    print(f"convert.py: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _step(message: str) -> None:
+    print(f"[convert] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    # Imported here so that --help and argument errors are instant (TensorFlow takes seconds to import).
+    from app.alphabet import Alphabet, AlphabetError
+    from dsconvert import coreml_export, graph, weights
+    from dsconvert.model_writer import OutputDirectoryError, write_model_directory
+
+    max_steps = args.max_steps or coreml_export.DYNAMIC_MAX_STEPS
+    if max_steps < coreml_export.STATIC_STEPS:
+        return _fail(f"--max-steps must be at least {coreml_export.STATIC_STEPS}")
+    if args.scorer is not None and not args.scorer.is_file():
+        return _fail(f"scorer {args.scorer} does not exist")
+    started = time.monotonic()
+    try:
+        alphabet = Alphabet.from_file(args.alphabet)
+        if args.checkpoint is not None:
+            _step(f"reading checkpoint {args.checkpoint}")
+            model = weights.read_checkpoint(args.checkpoint)
+            source = {"kind": "checkpoint", "path": str(args.checkpoint)}
+        else:
+            _step(f"reading frozen graph {args.graph}")
+            model = weights.read_frozen_graph(args.graph)
+            source = {"kind": "graph", "path": str(args.graph)}
+    except (AlphabetError, weights.WeightsError) as exc:
+        return _fail(str(exc))
+    if model.n_classes != alphabet.n_classes:
+        return _fail(
+            f"alphabet {args.alphabet} has {alphabet.size} labels (+1 blank = {alphabet.n_classes} classes) but the "
+            f"model's output layer has {model.n_classes} classes; pass the alphabet the model was trained with"
+        )
+    _step(
+        f"model: width {model.n_hidden}, LSTM {model.n_cell_dim}, {model.n_classes} classes, "
+        f"{model.n_parameters() / 1e6:.2f} M parameters"
+    )
+    name = args.name or args.out.resolve().name
+    essentials = {
+        "name": name,
+        "n_hidden": str(model.n_hidden),
+        "n_cell_dim": str(model.n_cell_dim),
+        "n_classes": str(model.n_classes),
+        "alphabet": json.dumps(list(alphabet.labels)),
+        "sample_rate": str(graph.SAMPLE_RATE),
+        "feature_win_len_ms": str(graph.FEATURE_WIN_LEN_MS),
+        "feature_win_step_ms": str(graph.FEATURE_WIN_STEP_MS),
+        "n_input": "26",
+        "n_context": "9",
+        "outputs": "logits are softmax probabilities, time-major (T,1,classes), blank last",
+    }
+
+    def write_artifacts(staging: Path) -> None:
+        from app import model_dir as md
+
+        for n_steps, package, graph_file in (
+            (coreml_export.STATIC_STEPS, md.STATIC_PACKAGE, md.STATIC_GRAPH),
+            (None, md.DYNAMIC_PACKAGE, md.DYNAMIC_GRAPH),
+        ):
+            kind = "static" if n_steps else "dynamic"
+            _step(f"building and freezing the {kind} TensorFlow graph")
+            frozen = graph.build_frozen_graph(model, alphabet, n_steps)
+            (staging / graph_file).write_bytes(frozen.graph_def.SerializeToString())
+            _step(f"converting the {kind} graph to Core ML ({package})")
+            meta = {
+                **essentials,
+                "kind": kind,
+                "n_steps": str(n_steps or 0),
+                "max_steps": str(n_steps or max_steps),
+            }
+            mlmodel = coreml_export.convert_to_mlpackage(frozen, model.n_cell_dim, meta, max_steps=max_steps)
+            mlmodel.save(str(staging / package))
+
+    try:
+        write_model_directory(
+            args.out,
+            model,
+            alphabet,
+            write_artifacts,
+            manifest_extra={
+                "n_steps": coreml_export.STATIC_STEPS,
+                "dynamic_max_steps": max_steps,
+                "source": {**source, "name": name},
+            },
+            scorer=args.scorer,
+            force=args.force,
+        )
+    except OutputDirectoryError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write {args.out}: {exc}")
+    _step(f"wrote {args.out} in {time.monotonic() - started:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
