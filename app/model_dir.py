@@ -61,7 +61,9 @@ class Manifest:
             data = json.loads(text)
             manifest = cls(**data)
         except (ValueError, TypeError) as exc:
-            raise ModelDirectoryError(f"{source} is not a valid manifest ({exc}); re-run scripts/convert.py") from exc
+            raise ModelDirectoryError(
+                f"{source} is not a valid manifest ({exc}); re-run scripts/convert.py"
+            ) from exc
         if manifest.format_version != FORMAT_VERSION:
             raise ModelDirectoryError(
                 f"{source} has format_version {manifest.format_version}, this service reads {FORMAT_VERSION}; "
@@ -128,9 +130,13 @@ def load_model_directory(path: str | Path, verify_hashes: bool = True) -> ModelD
     for name, expected in manifest.files.items():
         artifact = root / name
         if not artifact.exists():
-            raise ModelDirectoryError(f"{artifact} is missing (listed in the manifest); the directory is incomplete")
+            raise ModelDirectoryError(
+                f"{artifact} is missing (listed in the manifest); the directory is incomplete"
+            )
         if verify_hashes and sha256_of(artifact) != expected:
-            raise ModelDirectoryError(f"{artifact} does not match its sha256 in the manifest; the file is corrupt")
+            raise ModelDirectoryError(
+                f"{artifact} does not match its sha256 in the manifest; the file is corrupt"
+            )
     try:
         alphabet = Alphabet.from_file(root / ALPHABET_NAME)
     except AlphabetError as exc:

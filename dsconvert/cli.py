@@ -1,6 +1,6 @@
 """`scripts/convert.py`: DeepSpeech checkpoint or frozen graph → a model directory the service loads.
 
-    python scripts/convert.py (--checkpoint DIR | --graph output_graph.pb) --alphabet alphabet.txt --out DIR
+python scripts/convert.py (--checkpoint DIR | --graph output_graph.pb) --alphabet alphabet.txt --out DIR
 """
 
 from __future__ import annotations
@@ -25,14 +25,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="DeepSpeech training checkpoint directory")
     source.add_argument("--graph", type=Path, help="output_graph.pb exported by upstream DeepSpeech.py")
-    parser.add_argument("--alphabet", type=Path, required=True, help="alphabet.txt the model was trained with")
+    parser.add_argument(
+        "--alphabet", type=Path, required=True, help="alphabet.txt the model was trained with"
+    )
     parser.add_argument("--out", type=Path, required=True, help="model directory to write")
     parser.add_argument("--scorer", type=Path, help="optional DeepSpeech .scorer to ship with the model")
     parser.add_argument(
-        "--max-steps", type=int, default=None, help="upper bound of the dynamic package's time axis (default 1000)"
+        "--max-steps",
+        type=int,
+        default=None,
+        help="upper bound of the dynamic package's time axis (default 1000)",
     )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--name", default=None, help="model name recorded in the manifest (default: --out's name)")
+    parser.add_argument(
+        "--name", default=None, help="model name recorded in the manifest (default: --out's name)"
+    )
     return parser.parse_args(argv)
 
 
@@ -48,6 +55,8 @@ def _step(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    # coremltools warns on every import on Linux that its prediction library is absent: expected here.
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
     # Imported here so that --help and argument errors are instant (TensorFlow takes seconds to import).
     from app.alphabet import Alphabet, AlphabetError
     from dsconvert import coreml_export, graph, weights

@@ -14,7 +14,15 @@ import numpy as np
 import tensorflow as tf
 
 from app.alphabet import Alphabet
-from dsconvert.weights import DENSE_LAYERS, LSTM_BIAS, LSTM_KERNEL, LSTM_SCOPE, N_CONTEXT, N_INPUT, DeepSpeechWeights
+from dsconvert.weights import (
+    DENSE_LAYERS,
+    LSTM_BIAS,
+    LSTM_KERNEL,
+    LSTM_SCOPE,
+    N_CONTEXT,
+    N_INPUT,
+    DeepSpeechWeights,
+)
 
 tfv1 = tf.compat.v1
 
@@ -65,7 +73,9 @@ def _fused_lstm(
     graph has no Shape/StridedSlice ops, which the native client's selective kernel registration lacks.
     """
     with tfv1.variable_scope(LSTM_SCOPE):
-        kernel = tfv1.get_variable("kernel", [x.shape[-1] + n_cell, 4 * n_cell], initializer=tfv1.zeros_initializer())
+        kernel = tfv1.get_variable(
+            "kernel", [x.shape[-1] + n_cell, 4 * n_cell], initializer=tfv1.zeros_initializer()
+        )
         bias = tfv1.get_variable("bias", [4 * n_cell], initializer=tfv1.zeros_initializer())
         time_len = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
         max_len = tf.cast(tf.reduce_max(seq_length), tf.int64)
@@ -153,9 +163,15 @@ def build_frozen_graph(weights: DeepSpeechWeights, alphabet: Alphabet, n_steps: 
         output_nodes = [*OUTPUT_NAMES, "mfccs", *METADATA_NAMES]
         with tfv1.Session(graph=graph) as session:
             by_name = {v.op.name: v for v in tfv1.global_variables()}
-            for name in (*(f"{layer}/{p}" for layer in DENSE_LAYERS for p in ("weights", "bias")), LSTM_KERNEL, LSTM_BIAS):
+            for name in (
+                *(f"{layer}/{p}" for layer in DENSE_LAYERS for p in ("weights", "bias")),
+                LSTM_KERNEL,
+                LSTM_BIAS,
+            ):
                 by_name[name].load(weights.arrays[name], session)
-            frozen = tfv1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), output_nodes)
+            frozen = tfv1.graph_util.convert_variables_to_constants(
+                session, graph.as_graph_def(), output_nodes
+            )
         frozen = tfv1.graph_util.extract_sub_graph(frozen, output_nodes)
     strip_default_attrs(frozen)
     return FrozenGraph(frozen, n_steps)

@@ -63,7 +63,9 @@ def write_model_directory(
             shutil.copyfile(scorer, staging / md.SCORER_NAME)
             scorer_info = {"source": str(scorer)}
         files = {
-            entry.name: md.sha256_of(entry) for entry in sorted(staging.iterdir()) if entry.name != md.MANIFEST_NAME
+            entry.name: md.sha256_of(entry)
+            for entry in sorted(staging.iterdir())
+            if entry.name != md.MANIFEST_NAME
         }
         manifest = md.Manifest(
             n_hidden=weights.n_hidden,

@@ -101,9 +101,13 @@ def read_checkpoint(directory: str | Path) -> DeepSpeechWeights:
     import tensorflow as tf
 
     path = Path(directory)
+    if not path.exists() and not Path(f"{path}.index").exists():
+        raise WeightsError(f"no checkpoint found in {path}: it does not exist")
     prefix = tf.train.latest_checkpoint(str(path)) if path.is_dir() else str(path)
     if not prefix:
-        raise WeightsError(f"no checkpoint found in {path} (expected a 'checkpoint' index file and *.index/*.data)")
+        raise WeightsError(
+            f"no checkpoint found in {path} (expected a 'checkpoint' index file and *.index/*.data)"
+        )
     try:
         reader = tf.train.load_checkpoint(prefix)
         names = reader.get_variable_to_shape_map()

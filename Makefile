@@ -1,0 +1,59 @@
+# Read top to bottom: `make serve` runs the service, `make test` proves it. Both set everything up first.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12)
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+DS_MODEL_DIR ?= models/default
+export DS_MODEL_DIR
+
+# Debian packages the tests and the tooling use: espeak-ng speaks test audio, sox shapes it, libsndfile1 backs
+# soundfile, g++/cmake build KenLM's build_binary for scorers.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake
+
+.PHONY: help serve test lint system-deps venv clean
+
+help:
+	@echo "make serve   set up a virtualenv and serve $(DS_MODEL_DIR) on http://$(HOST):$(PORT)"
+	@echo "make test    set up everything and run lint, type checks and the test suite"
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: install$$missing with your package manager (tests that need them will fail)"; fi; \
+	fi
+
+$(BIN)/python:
+	@test -n "$(PYTHON)" || { echo "error: Python 3.11 or 3.12 is required (flashlight-text has wheels only for those)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# The convert extra (TensorFlow, coremltools) is needed to build models; the service itself does not import it.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[convert,test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+$(DS_MODEL_DIR)/manifest.json: | venv
+	@echo "!!! $(DS_MODEL_DIR) is missing: building a RANDOM-WEIGHT model so the service can start."
+	@echo "!!! Its transcripts are noise. Convert a real DeepSpeech checkpoint with scripts/convert.py (see README)."
+	$(BIN)/python scripts/make_random_model.py --out $(DS_MODEL_DIR)
+
+serve: system-deps venv $(DS_MODEL_DIR)/manifest.json
+	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check app dsconvert scripts tests
+	$(BIN)/mypy
+
+test: system-deps venv lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,580 @@
+"""Evaluate a saved `.mlpackage`'s ML Program with NumPy: a verifier, not a runtime.
+
+Core ML predicts only on macOS, so on Linux nothing runs the converted packages. To prove that each package
+computes what its TensorFlow graph computes, this module loads the package's ML Program back into coremltools'
+MIL (the program plus the fp16/fp32 weights from `weights/weight.bin`) and evaluates the main function's ops in
+program order, one NumPy handler per MIL op type, written from the op definitions in
+`coremltools/converters/mil/mil/ops/defs/`.
+
+Precision model (what "fp16" means here): every value is stored in the dtype the program declares for it
+(fp16 vars are `np.float16` arrays, fp32 vars `np.float32`, ...). Each op reads its inputs exactly, computes
+in float32 (matmul/linear accumulate in float32, as fp16 GPU kernels do) and rounds its result once to its
+declared output dtype, so an fp16 op costs one fp16 rounding per op and every `cast` is applied for real.
+`precision="fp32"` instead keeps fp16-declared values in float32 (the fp16 weights keep their fp16-rounded
+values): it separates "the program computes the same function" from "fp16 arithmetic loses this much".
+
+Not a runtime: no speed, no batching, and ops the DeepSpeech packages do not use are refused by name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Precision = Literal["program", "fp32"]
+Handler = Callable[[dict[str, Any]], Any]
+
+_MAX_LOOP_ITERATIONS = 1_000_000  # a while_loop that runs longer than this is a bug, not a long input
+
+
+class MilEvalError(RuntimeError):
+    """The package cannot be evaluated: unknown op, bad input, or a value that breaks the op's contract."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input as the model description declares it: Core ML refuses predictions outside these bounds."""
+
+    name: str
+    dtype: np.dtype
+    bounds: tuple[tuple[int, int], ...]  # (lower, upper) per dimension; upper -1 = unbounded
+
+
+@dataclass(frozen=True)
+class LoadedProgram:
+    """A package's main function loaded once (weights included), to evaluate many times."""
+
+    path: Path
+    function: Any  # coremltools.converters.mil.mil.Function
+    inputs: tuple[InputSpec, ...]
+    output_names: tuple[str, ...]
+
+
+# --------------------------------------------------------------------------------------------------- loading
+
+
+def _weights_dir(package: Path) -> Path:
+    """The package's weights folder, found through Manifest.json like Core ML does (standard path as fallback)."""
+    manifest = package / "Manifest.json"
+    if manifest.is_file():
+        items = json.loads(manifest.read_text(encoding="utf-8")).get("itemInfoEntries", {})
+        for item in items.values():
+            if item.get("name") == "weights" and item.get("author") == "com.apple.CoreML":
+                return package / "Data" / item["path"]
+    return package / "Data" / "com.apple.CoreML" / "weights"
+
+
+def _input_specs(spec: Any) -> tuple[InputSpec, ...]:
+    dtypes = {65600 + 32: np.float32, 65536 + 16: np.float16, 131072 + 32: np.int32, 65536 + 64: np.float64}
+    specs = []
+    for feature in spec.description.input:
+        array = feature.type.multiArrayType
+        ranges = array.shapeRange.sizeRanges
+        if ranges:
+            bounds = tuple((int(r.lowerBound), int(r.upperBound)) for r in ranges)
+        elif array.enumeratedShapes.shapes:
+            raise MilEvalError(f"input {feature.name}: enumerated shapes are not supported by this verifier")
+        else:
+            bounds = tuple((int(d), int(d)) for d in array.shape)
+        if array.dataType not in dtypes:
+            raise MilEvalError(f"input {feature.name}: unsupported multiarray data type {array.dataType}")
+        specs.append(InputSpec(feature.name, np.dtype(dtypes[array.dataType]), bounds))
+    return tuple(specs)
+
+
+def load_program(path: str | Path) -> LoadedProgram:
+    """Load an `.mlpackage`'s ML Program as MIL; const ops then carry their values (fp16 weights stay fp16)."""
+    from coremltools.converters.mil.frontend.milproto.load import load as load_mil
+    from coremltools.models.utils import load_spec
+
+    package = Path(path)
+    if not package.is_dir():
+        raise MilEvalError(f"{package} is not an .mlpackage directory")
+    spec = load_spec(str(package))
+    if spec.WhichOneof("Type") != "mlProgram":
+        raise MilEvalError(f"{package} holds a {spec.WhichOneof('Type')} model, not an ML Program")
+    program = load_mil(spec, spec.specificationVersion, file_weights_dir=str(_weights_dir(package)))
+    function = program.functions["main"]
+    return LoadedProgram(
+        path=package,
+        function=function,
+        inputs=_input_specs(spec),
+        output_names=tuple(var.name for var in function.outputs),
+    )
+
+
+def _walk(block: Any) -> Iterable[Any]:
+    for op in block.operations:
+        yield op
+        for inner in op.blocks:
+            yield from _walk(inner)
+
+
+def op_types(program: str | Path | LoadedProgram) -> set[str]:
+    """The MIL op types a package uses, nested blocks included (to see what a verifier must cover)."""
+    loaded = program if isinstance(program, LoadedProgram) else load_program(program)
+    return {op.op_type for op in _walk(loaded.function)}
+
+
+# ------------------------------------------------------------------------------------------------- evaluation
+
+
+def _declared_dtype(var: Any, precision: Precision) -> np.dtype:
+    from coremltools.converters.mil.mil import types
+
+    dtype = np.dtype(types.nptype_from_builtin(var.dtype))
+    if precision == "fp32" and dtype == np.float16:
+        return np.dtype(np.float32)
+    return dtype
+
+
+def _as_declared(value: Any, var: Any, precision: Precision, op_label: str) -> np.ndarray:
+    """Round a result to its declared dtype and check it against the declared (possibly symbolic) shape."""
+    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+
+    array = np.asarray(value).astype(_declared_dtype(var, precision), copy=False)
+    declared = var.shape
+    if len(declared) != array.ndim or any(
+        not is_symbolic(d) and int(d) != n for d, n in zip(declared, array.shape, strict=True)
+    ):
+        raise MilEvalError(f"{op_label}: result {var.name} has shape {array.shape}, program declares {declared}")
+    return array
+
+
+def _compute_view(value: np.ndarray) -> np.ndarray:
+    """Handlers compute in float32: fp16 inputs are upcast (exactly) here, other dtypes pass through."""
+    return value.astype(np.float32) if value.dtype == np.float16 else value
+
+
+class _Evaluator:
+    def __init__(self, precision: Precision) -> None:
+        self.precision = precision
+        self.env: dict[int, np.ndarray] = {}  # id(Var) -> value; Var names repeat across nested blocks
+
+    def value(self, var: Any) -> np.ndarray:
+        try:
+            return self.env[id(var)]
+        except KeyError:
+            raise MilEvalError(f"value of {var.name} used before it was computed") from None
+
+    def bind(self, var: Any, value: Any) -> None:
+        self.env[id(var)] = value
+
+    def run_block(self, block: Any) -> list[np.ndarray]:
+        for op in block.operations:
+            self.run_op(op)
+        return [self.value(var) for var in block.outputs]
+
+    def run_op(self, op: Any) -> None:
+        label = f"{op.op_type} op {op.name!r}"
+        if op.op_type == "const":
+            value = op.outputs[0].val
+            if isinstance(value, str):  # e.g. cast's dtype, scatter's mode
+                self.bind(op.outputs[0], value)
+            else:
+                self.bind(op.outputs[0], _as_declared(value, op.outputs[0], self.precision, label))
+            return
+        if op.op_type == "while_loop":
+            results = self.while_loop(op)
+        else:
+            handler = _HANDLERS.get(op.op_type)
+            if handler is None:
+                raise MilEvalError(
+                    f"unsupported MIL op type {op.op_type!r} (op {op.name!r}): dsconvert.mil_eval has no handler "
+                    f"for it; supported: {', '.join(sorted(supported_op_types()))}"
+                )
+            args = {name: self.argument(arg) for name, arg in op.inputs.items()}
+            try:
+                results = handler(args)
+            except MilEvalError as exc:
+                raise MilEvalError(f"{label}: {exc}") from exc
+            except (ValueError, IndexError, TypeError) as exc:
+                raise MilEvalError(f"{label} failed: {exc}") from exc
+        if not isinstance(results, tuple | list):
+            results = (results,)
+        if len(results) != len(op.outputs):
+            raise MilEvalError(f"{label}: handler gave {len(results)} results for {len(op.outputs)} outputs")
+        for var, result in zip(op.outputs, results, strict=True):
+            self.bind(var, _as_declared(result, var, self.precision, label))
+
+    def argument(self, arg: Any) -> Any:
+        if isinstance(arg, tuple | list):
+            return [self.argument(a) for a in arg]
+        value = self.value(arg)
+        return value if isinstance(value, str) else _compute_view(value)
+
+    def while_loop(self, op: Any) -> list[np.ndarray]:
+        """Run `body` while `cond` holds; loop variables keep the dtypes the blocks declare."""
+        cond, body = op.blocks
+        state = [self.value(v) for v in op.inputs["loop_vars"]]
+        for _ in range(_MAX_LOOP_ITERATIONS):
+            for var, value in zip(cond.inputs, state, strict=True):
+                self.bind(var, value)
+            (keep_going,) = self.run_block(cond)
+            if not bool(np.asarray(keep_going).reshape(-1)[0]):
+                return state
+            for var, value in zip(body.inputs, state, strict=True):
+                self.bind(var, value)
+            state = self.run_block(body)
+        raise MilEvalError(f"while_loop {op.name!r} ran {_MAX_LOOP_ITERATIONS} iterations without stopping")
+
+
+def evaluate(program: LoadedProgram, inputs: dict[str, np.ndarray], precision: Precision = "program") -> dict:
+    """Evaluate a loaded program on `inputs` (by name); returns its outputs by name, in their declared dtypes.
+
+    Inputs are converted to the declared I/O dtype (as Core ML's MLMultiArray conversion does) and checked
+    against the declared shape bounds, so an input Core ML would refuse is refused here too.
+    """
+    if precision not in ("program", "fp32"):
+        raise ValueError(f"precision must be 'program' or 'fp32', not {precision!r}")
+    unknown = set(inputs) - {spec.name for spec in program.inputs}
+    if unknown:
+        raise MilEvalError(f"{program.path.name} has no inputs named {', '.join(sorted(unknown))}")
+    evaluator = _Evaluator(precision)
+    for spec in program.inputs:
+        if spec.name not in inputs:
+            raise MilEvalError(f"{program.path.name} needs input {spec.name!r}")
+        value = np.asarray(inputs[spec.name]).astype(spec.dtype, copy=False)
+        if value.ndim != len(spec.bounds) or any(
+            n < lo or (hi >= 0 and n > hi) for n, (lo, hi) in zip(value.shape, spec.bounds, strict=True)
+        ):
+            raise MilEvalError(f"input {spec.name} has shape {value.shape}, allowed per dimension {spec.bounds}")
+        var = program.function.inputs[spec.name]
+        evaluator.bind(var, _as_declared(value, var, precision, f"input {spec.name}"))
+    outputs = evaluator.run_block(program.function)
+    return {
+        name: value.astype(np.float32) if value.dtype == np.float16 else value
+        for name, value in zip(program.output_names, outputs, strict=True)
+    } if precision == "fp32" else dict(zip(program.output_names, outputs, strict=True))
+
+
+def evaluate_package(
+    path: str | Path, inputs: dict[str, np.ndarray], precision: Precision = "program"
+) -> dict[str, np.ndarray]:
+    """Load a `.mlpackage` and evaluate it once (use `load_program` + `evaluate` to evaluate it many times)."""
+    return evaluate(load_program(path), inputs, precision)
+
+
+# --------------------------------------------------------------------------------------------------- handlers
+# Each handler receives the op's inputs by name (float inputs as float32, tuples as lists, absent optional
+# inputs missing) and returns its result(s); the caller rounds each to the declared dtype. Defaults below are
+# the ones the op definitions document.
+
+_HANDLERS: dict[str, Handler] = {}
+
+
+def supported_op_types() -> set[str]:
+    """Op types `evaluate` handles (plus const and while_loop, which the evaluator runs itself)."""
+    return set(_HANDLERS) | {"const", "while_loop"}
+
+
+def _handles(*names: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        for name in names:
+            _HANDLERS[name] = handler
+        return handler
+
+    return register
+
+
+def _axis(axis: Any, rank: int) -> int:
+    a = int(axis)
+    if not -rank <= a < rank:
+        raise MilEvalError(f"axis {a} out of range for rank {rank}")
+    return a % rank
+
+
+_BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "real_div": np.divide,
+    "maximum": np.maximum,
+    "minimum": np.minimum,
+    "less": np.less,
+    "less_equal": np.less_equal,
+    "greater": np.greater,
+    "greater_equal": np.greater_equal,
+    "equal": np.equal,
+    "not_equal": np.not_equal,
+    "logical_and": np.logical_and,
+    "logical_or": np.logical_or,
+}
+for _name, _fn in _BINARY.items():
+    # Broadcasting follows NumPy's rules, which the MIL elementwise_binary definition adopts.
+    _HANDLERS[_name] = lambda a, fn=_fn: fn(a["x"], a["y"])
+
+_UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "relu": lambda x: np.maximum(x, 0).astype(x.dtype),
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "exp": np.exp,
+    "sqrt": np.sqrt,
+    "abs": np.abs,
+    "logical_not": np.logical_not,
+    "identity": lambda x: x,
+}
+for _name, _fn1 in _UNARY.items():
+    _HANDLERS[_name] = lambda a, fn=_fn1: fn(a["x"])
+
+
+@_handles("cast")
+def _cast(a: dict[str, Any]) -> np.ndarray:
+    # The conversion itself is the rounding to the declared output dtype (fp16<->fp32, bool->float, ...).
+    if a["dtype"] not in ("fp16", "fp32", "int32", "bool", "int16", "uint16", "int8", "uint8"):
+        raise MilEvalError(f"cast to {a['dtype']!r} is not supported")
+    return a["x"]
+
+
+@_handles("clip")
+def _clip(a: dict[str, Any]) -> np.ndarray:
+    return np.minimum(np.maximum(a["x"], a["alpha"]), a["beta"])
+
+
+@_handles("linear")
+def _linear(a: dict[str, Any]) -> np.ndarray:
+    # weight is (D_out, D_in); bias (D_out,) defaults to zeros.
+    y = np.matmul(a["x"], a["weight"].T)
+    return y + a["bias"] if "bias" in a else y
+
+
+@_handles("matmul")
+def _matmul(a: dict[str, Any]) -> np.ndarray:
+    x, y = a["x"], a["y"]
+    if bool(a.get("transpose_x", False)) and x.ndim >= 2:
+        x = np.swapaxes(x, -1, -2)
+    if bool(a.get("transpose_y", False)) and y.ndim >= 2:
+        y = np.swapaxes(y, -1, -2)
+    return np.matmul(x, y)
+
+
+@_handles("softmax")
+def _softmax(a: dict[str, Any]) -> np.ndarray:
+    x = a["x"]
+    axis = _axis(a.get("axis", -1), x.ndim)
+    e = np.exp(x - np.max(x, axis=axis, keepdims=True))
+    return e / np.sum(e, axis=axis, keepdims=True)
+
+
+@_handles("transpose")
+def _transpose(a: dict[str, Any]) -> np.ndarray:
+    return np.transpose(a["x"], [int(p) for p in a["perm"]])
+
+
+@_handles("reshape")
+def _reshape(a: dict[str, Any]) -> np.ndarray:
+    x, shape = a["x"], [int(s) for s in a["shape"]]
+    if len(shape) == x.ndim:  # 0 copies the input's dimension when the ranks agree
+        shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+    return np.reshape(x, shape)
+
+
+@_handles("expand_dims")
+def _expand_dims(a: dict[str, Any]) -> np.ndarray:
+    # Negative axes count from the end of the output (NumPy's tuple-axis rule is the same).
+    return np.expand_dims(a["x"], tuple(int(i) for i in a["axes"]))
+
+
+@_handles("squeeze")
+def _squeeze(a: dict[str, Any]) -> np.ndarray:
+    x = a["x"]
+    if "axes" not in a:
+        return np.squeeze(x)
+    return np.squeeze(x, axis=tuple(_axis(i, x.ndim) for i in a["axes"]))
+
+
+@_handles("tile")
+def _tile(a: dict[str, Any]) -> np.ndarray:
+    x, reps = a["x"], [int(r) for r in a["reps"]]
+    if len(reps) != x.ndim:
+        raise MilEvalError(f"tile reps {reps} do not match rank {x.ndim}")
+    return np.tile(x, reps)
+
+
+@_handles("concat")
+def _concat(a: dict[str, Any]) -> np.ndarray:
+    values = a["values"]
+    axis = _axis(a["axis"], values[0].ndim)
+    if bool(a.get("interleave", False)):
+        # All inputs have one shape; their slices along `axis` alternate.
+        stacked = np.stack(values, axis=axis + 1)
+        shape = list(values[0].shape)
+        shape[axis] *= len(values)
+        return stacked.reshape(shape)
+    return np.concatenate(values, axis=axis)
+
+
+@_handles("stack")
+def _stack(a: dict[str, Any]) -> np.ndarray:
+    values = a["values"]
+    return np.stack(values, axis=_axis(a["axis"], values[0].ndim + 1))
+
+
+@_handles("split")
+def _split(a: dict[str, Any]) -> list[np.ndarray]:
+    x = a["x"]
+    axis = _axis(a["axis"], x.ndim)
+    if "split_sizes" in a:
+        edges = np.cumsum([int(s) for s in a["split_sizes"]])[:-1]
+        return np.split(x, edges, axis=axis)
+    n = int(a["num_splits"])
+    if x.shape[axis] % n:
+        raise MilEvalError(f"dimension {x.shape[axis]} is not divisible into {n} splits")
+    return np.split(x, n, axis=axis)
+
+
+@_handles("slice_by_index")
+def _slice_by_index(a: dict[str, Any]) -> np.ndarray:
+    x = a["x"]
+    rank = x.ndim
+    begin, end = [int(v) for v in a["begin"]], [int(v) for v in a["end"]]
+    stride = [int(v) for v in a.get("stride", [1] * rank)]
+    begin_mask = [bool(v) for v in a.get("begin_mask", [False] * rank)]
+    end_mask = [bool(v) for v in a.get("end_mask", [False] * rank)]
+    squeeze_mask = [bool(v) for v in a.get("squeeze_mask", [False] * rank)]
+    index: list[int | slice] = []
+    for d in range(rank):
+        if squeeze_mask[d]:  # pure index at begin[d]; end and stride are ignored
+            if not -x.shape[d] <= begin[d] < x.shape[d]:
+                raise MilEvalError(f"index {begin[d]} out of range for dimension {x.shape[d]}")
+            index.append(begin[d])
+        else:  # a masked bound is open (None), which NumPy resolves for either stride sign
+            index.append(
+                slice(None if begin_mask[d] else begin[d], None if end_mask[d] else end[d], stride[d])
+            )
+    return np.asarray(x[tuple(index)])
+
+
+@_handles("gather")
+def _gather(a: dict[str, Any]) -> np.ndarray:
+    x, indices = a["x"], a["indices"].astype(np.int64)
+    if int(a.get("batch_dims", 0)) != 0:
+        raise MilEvalError("gather with batch_dims != 0 is not supported")
+    axis = _axis(a.get("axis", 0), x.ndim)
+    if np.any(indices < -x.shape[axis]) or np.any(indices >= x.shape[axis]):
+        raise MilEvalError(f"gather indices {indices} out of range for dimension {x.shape[axis]}")
+    return np.take(x, indices, axis=axis)
+
+
+@_handles("gather_nd")
+def _gather_nd(a: dict[str, Any]) -> np.ndarray:
+    x, indices = a["x"], a["indices"].astype(np.int64)
+    if int(a.get("batch_dims", 0)) != 0:
+        raise MilEvalError("gather_nd with batch_dims != 0 is not supported")
+    k = indices.shape[-1]
+    bounds = np.asarray(x.shape[:k])
+    if np.any(indices < -bounds) or np.any(indices >= bounds):
+        raise MilEvalError(f"gather_nd indices {indices.tolist()} out of range for shape {x.shape}")
+    # indices (..., k) address the first k dimensions; the rest are copied whole.
+    return x[tuple(indices[..., i] for i in range(k))]
+
+
+_SCATTER_MODES: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "update": lambda old, new: new,
+    "add": np.add,
+    "sub": np.subtract,
+    "mul": np.multiply,
+    "div": np.divide,
+    "max": np.maximum,
+    "min": np.minimum,
+}
+
+
+@_handles("scatter")
+def _scatter(a: dict[str, Any]) -> np.ndarray:
+    data, indices, updates = a["data"], a["indices"].astype(np.int64), a["updates"]
+    axis = _axis(a.get("axis", 0), data.ndim)
+    mode = a.get("mode", "update")
+    if mode not in _SCATTER_MODES or indices.ndim != 1:
+        raise MilEvalError(f"scatter mode {mode!r} with indices of rank {indices.ndim} is not supported")
+    combine = _SCATTER_MODES[mode]
+    out = np.moveaxis(data.copy(), axis, 0)
+    new = np.moveaxis(updates, axis, 0)
+    if new.shape[0] != indices.shape[0] or new.shape[1:] != out.shape[1:]:
+        raise MilEvalError(f"scatter updates {updates.shape} do not fit data {data.shape} at axis {axis}")
+    for i, index in enumerate(indices):  # in order, so repeated indices combine like the op says
+        if not -out.shape[0] <= index < out.shape[0]:
+            raise MilEvalError(f"scatter index {index} out of range for dimension {out.shape[0]}")
+        out[index] = combine(out[index], new[i])
+    return np.moveaxis(out, 0, axis)
+
+
+@_handles("shape")
+def _shape(a: dict[str, Any]) -> np.ndarray:
+    return np.asarray(a["x"].shape, dtype=np.int32)
+
+
+@_handles("fill")
+def _fill(a: dict[str, Any]) -> np.ndarray:
+    return np.full([int(s) for s in a["shape"]], a.get("value", 0.0))
+
+
+@_handles("range_1d")
+def _range_1d(a: dict[str, Any]) -> np.ndarray:
+    return np.arange(a["start"], a["end"], a["step"])
+
+
+@_handles("select")
+def _select(a: dict[str, Any]) -> np.ndarray:
+    return np.where(a["cond"], a["a"], a["b"])
+
+
+def _reduction(fn: Callable[..., np.ndarray]) -> Handler:
+    def reduce(a: dict[str, Any]) -> np.ndarray:
+        x = a["x"]
+        axes = None if a.get("axes") is None else tuple(_axis(i, x.ndim) for i in a["axes"])
+        return fn(x, axis=axes, keepdims=bool(a.get("keep_dims", False)))
+
+    return reduce
+
+
+for _name, _fnr in {"reduce_max": np.max, "reduce_min": np.min, "reduce_sum": np.sum, "reduce_mean": np.mean}.items():
+    _HANDLERS[_name] = _reduction(_fnr)
+
+
+_LSTM_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "tanh": np.tanh,
+    "relu": lambda x: np.maximum(x, 0),
+    "linear": lambda x: x,
+}
+
+
+@_handles("lstm")
+def _lstm(a: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """MIL `lstm` (iOS15/iOS17 recurrent.py), forward direction only.
+
+    x (s, b, I); weight_ih (4H, I) and weight_hh (4H, H) with gate rows in the order input, forget, output,
+    cell (z); bias (4H,) = input + recurrent bias. Returns (all h or last h as (1, b, H), h_s, c_s). Variants
+    whose semantics this verifier cannot pin down from the definition (reverse/bidirectional, peephole, clip,
+    scaled/hard activations with their implicit alpha/beta) are refused rather than guessed.
+    """
+    if a.get("direction", "forward") != "forward":
+        raise MilEvalError(f"lstm direction {a['direction']!r} is not supported (forward only)")
+    if "clip" in a or ("peephole" in a and np.any(a["peephole"])):
+        raise MilEvalError("lstm with clip or non-zero peephole is not supported")
+    acts = []
+    for key, default in (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh")):
+        name = a.get(key, default)
+        if name not in _LSTM_ACTIVATIONS:
+            raise MilEvalError(f"lstm {key} {name!r} is not supported")
+        acts.append(_LSTM_ACTIVATIONS[name])
+    gate_act, cell_act, out_act = acts
+    x, w_ih, w_hh = a["x"], a["weight_ih"], a["weight_hh"]
+    h, c = a["initial_h"], a["initial_c"]
+    hidden = w_hh.shape[1]
+    bias = a.get("bias", np.zeros(4 * hidden, dtype=np.float32))
+    outputs = []
+    for t in range(x.shape[0]):
+        gates = x[t] @ w_ih.T + h @ w_hh.T + bias
+        i, f, o, z = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
+        c = gate_act(f) * c + gate_act(i) * cell_act(z)
+        h = gate_act(o) * out_act(c)
+        outputs.append(h)
+    sequence = np.stack(outputs) if bool(a.get("output_sequence", False)) else h[np.newaxis]
+    return sequence, h, c

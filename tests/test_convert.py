@@ -1,0 +1,330 @@
+"""scripts/convert.py: the model directory, the packages' interface, the frozen graphs and every bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import model_dir as md
+from app.alphabet import ENGLISH, Alphabet
+
+tf = pytest.importorskip("tensorflow")
+ct = pytest.importorskip("coremltools")
+
+from dsconvert.checkpoint_writer import write_checkpoint  # noqa: E402
+from dsconvert.weights import WEIGHT_NAMES, DeepSpeechWeights, random_weights  # noqa: E402
+
+from .conftest import SMALL_WIDTH  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CONVERT = [sys.executable, str(ROOT / "scripts" / "convert.py")]
+
+
+def run_convert(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CONVERT, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def load_graph_def(path: Path) -> tf.compat.v1.GraphDef:
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(path.read_bytes())
+    return graph_def
+
+
+# --- the model directory -------------------------------------------------------------------------------------
+
+
+def test_model_directory_has_every_artifact_hashed(small_model_dir: Path) -> None:
+    manifest = json.loads((small_model_dir / md.MANIFEST_NAME).read_text())
+    expected = {
+        md.STATIC_PACKAGE,
+        md.DYNAMIC_PACKAGE,
+        md.STATIC_GRAPH,
+        md.DYNAMIC_GRAPH,
+        md.WEIGHTS_NAME,
+        md.ALPHABET_NAME,
+    }
+    assert set(manifest["files"]) == expected
+    for name, digest in manifest["files"].items():
+        assert md.sha256_of(small_model_dir / name) == digest
+    assert manifest["n_hidden"] == SMALL_WIDTH and manifest["n_cell_dim"] == SMALL_WIDTH
+    assert manifest["n_classes"] == 29 and manifest["alphabet"] == list(ENGLISH.labels)
+    assert manifest["n_steps"] == 16 and manifest["dynamic_max_steps"] == 1000
+    assert manifest["n_input"] == 26 and manifest["n_context"] == 9 and manifest["sample_rate"] == 16000
+    assert {"tensorflow", "coremltools", "numpy", "python"} <= set(manifest["tools"])
+    assert manifest["source"]["kind"] == "checkpoint"
+    loaded = md.load_model_directory(small_model_dir)
+    assert loaded.alphabet == ENGLISH and loaded.scorer_path is None
+    # No staging directory is left beside the output.
+    assert [p.name for p in small_model_dir.parent.iterdir()] == [small_model_dir.name]
+
+
+def test_weights_npz_holds_the_checkpoint_values(small_model_dir: Path, small_checkpoint: Path) -> None:
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(small_checkpoint)))
+    with np.load(small_model_dir / md.WEIGHTS_NAME) as npz:
+        assert set(npz.files) == set(WEIGHT_NAMES)
+        for name in WEIGHT_NAMES:
+            assert npz[name].dtype == np.float32
+            np.testing.assert_array_equal(npz[name], reader.get_tensor(name))
+
+
+# --- the Core ML packages ------------------------------------------------------------------------------------
+
+
+def _io(spec, kind: str) -> dict:
+    return {f.name: f.type.multiArrayType for f in getattr(spec.description, kind)}
+
+
+@pytest.mark.parametrize("package", [md.STATIC_PACKAGE, md.DYNAMIC_PACKAGE])
+def test_package_interface(small_model_dir: Path, package: str) -> None:
+    spec = ct.utils.load_spec(str(small_model_dir / package))
+    assert spec.WhichOneof("Type") == "mlProgram"
+    float32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    int32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.INT32
+    inputs = _io(spec, "input")
+    assert list(inputs) == ["input_node", "input_lengths", "previous_state_c", "previous_state_h"]
+    assert inputs["input_lengths"].dataType == int32 and list(inputs["input_lengths"].shape) == [1]
+    for name in ("input_node", "previous_state_c", "previous_state_h"):
+        assert inputs[name].dataType == float32, f"{name} must stay float32 (not FLOAT16)"
+    assert list(inputs["previous_state_c"].shape) == [1, SMALL_WIDTH]
+    ranges = [(r.lowerBound, r.upperBound) for r in inputs["input_node"].shapeRange.sizeRanges]
+    if package == md.STATIC_PACKAGE:
+        assert list(inputs["input_node"].shape) == [1, 16, 19, 26] and not ranges
+    else:
+        assert ranges == [(1, 1), (1, 1000), (19, 19), (26, 26)]
+    outputs = _io(spec, "output")
+    assert list(outputs) == ["logits", "new_state_c", "new_state_h"]
+    assert all(o.dataType == float32 for o in outputs.values())
+    meta = dict(spec.description.metadata.userDefined)
+    assert meta["kind"] == ("static" if package == md.STATIC_PACKAGE else "dynamic")
+    assert json.loads(meta["alphabet"]) == list(ENGLISH.labels)
+    assert meta["n_hidden"] == str(SMALL_WIDTH) and meta["n_classes"] == "29"
+    assert meta["n_steps"] == ("16" if package == md.STATIC_PACKAGE else "0")
+
+
+# --- the frozen TensorFlow graphs ----------------------------------------------------------------------------
+
+
+def test_static_graph_is_shaped_like_upstreams_export(small_model_dir: Path) -> None:
+    graph_def = load_graph_def(small_model_dir / md.STATIC_GRAPH)
+    nodes = {n.name: n for n in graph_def.node}
+    for name in (
+        "input_node",
+        "input_lengths",
+        "previous_state_c",
+        "previous_state_h",
+        "logits",
+        "new_state_c",
+        "new_state_h",
+        "input_samples",
+        "mfccs",
+        *(f"layer_{i}/weights" for i in (1, 2, 3, 5, 6)),
+    ):
+        assert name in nodes, name
+    assert nodes["logits"].op == "Softmax"
+    assert [d.size for d in nodes["input_node"].attr["shape"].shape.dim] == [1, 16, 19, 26]
+    assert [d.size for d in nodes["previous_state_c"].attr["shape"].shape.dim] == [1, SMALL_WIDTH]
+    assert [d.size for d in nodes["input_samples"].attr["shape"].shape.dim] == [512]
+    ops = {n.op for n in graph_def.node}
+    assert "BlockLSTM" in ops and "StridedSlice" not in ops and "Shape" not in ops
+    # Defaults that TF 2.3 (the native client) does not know are stripped.
+    assert all("bad_indices_policy" not in n.attr for n in graph_def.node if n.op == "GatherNd")
+    metadata = {
+        n.name: tf.make_ndarray(n.attr["value"].tensor)
+        for n in graph_def.node
+        if n.name.startswith("metadata_")
+    }
+    assert all(value.shape == () for value in metadata.values()), "metadata must be scalars"
+    assert metadata["metadata_version"] == 6 and metadata["metadata_sample_rate"] == 16000
+    assert metadata["metadata_feature_win_len"] == 32 and metadata["metadata_feature_win_step"] == 20
+    assert metadata["metadata_beam_width"] == 500
+    assert metadata["metadata_alphabet"] == ENGLISH.serialize()
+
+
+def test_dynamic_graph_has_an_open_time_axis(small_model_dir: Path) -> None:
+    nodes = {n.name: n for n in load_graph_def(small_model_dir / md.DYNAMIC_GRAPH).node}
+    assert [d.size for d in nodes["input_node"].attr["shape"].shape.dim] == [1, -1, 19, 26]
+
+
+def test_graph_mfcc_branch_matches_tensorflow_audio_ops(small_model_dir: Path) -> None:
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.graph_util.import_graph_def(load_graph_def(small_model_dir / md.STATIC_GRAPH), name="")
+    window = np.sin(np.arange(512) * 2 * np.pi * 440 / 16000).astype(np.float32) * 0.5
+    with tf.compat.v1.Session(graph=graph) as session:
+        mfccs = session.run("mfccs:0", {"input_samples:0": window})
+    spectrogram = tf.raw_ops.AudioSpectrogram(
+        input=window[:, None], window_size=512, stride=320, magnitude_squared=True
+    )
+    expected = tf.raw_ops.Mfcc(
+        spectrogram=spectrogram, sample_rate=16000, upper_frequency_limit=8000, dct_coefficient_count=26
+    )
+    assert mfccs.shape == (1, 26)
+    np.testing.assert_allclose(mfccs, expected.numpy().reshape(1, 26), atol=1e-6)
+
+
+def test_alphabet_serialization_layout() -> None:
+    serialized = Alphabet(("a", "#", "é")).serialize()
+    assert (
+        serialized == b"\x03\x00" + b"\x00\x00\x01\x00a" + b"\x01\x00\x01\x00#" + b"\x02\x00\x02\x00\xc3\xa9"
+    )
+
+
+# --- other sources -------------------------------------------------------------------------------------------
+
+
+def test_converts_an_upstream_style_output_graph(
+    tmp_path: Path, small_model_dir: Path, alphabet_file: Path
+) -> None:
+    from dsconvert.cli import main
+
+    out = tmp_path / "from_graph"
+    graph = small_model_dir / md.STATIC_GRAPH
+    assert main(["--graph", str(graph), "--alphabet", str(alphabet_file), "--out", str(out)]) == 0
+    with np.load(out / md.WEIGHTS_NAME) as a, np.load(small_model_dir / md.WEIGHTS_NAME) as b:
+        for name in WEIGHT_NAMES:
+            np.testing.assert_array_equal(a[name], b[name])
+    assert json.loads((out / md.MANIFEST_NAME).read_text())["source"]["kind"] == "graph"
+
+
+def test_width_and_classes_are_read_from_the_variables(tmp_path: Path) -> None:
+    from dsconvert.cli import main
+
+    labels = Alphabet(tuple("abc "))
+    (tmp_path / "alphabet.txt").write_text(labels.to_text())
+    write_checkpoint(random_weights(24, n_classes=labels.n_classes), tmp_path / "ck")
+    out = tmp_path / "out"
+    args = [
+        "--checkpoint",
+        str(tmp_path / "ck"),
+        "--alphabet",
+        str(tmp_path / "alphabet.txt"),
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--max-steps", "64"]) == 0
+    loaded = md.load_model_directory(out)
+    assert (loaded.manifest.n_hidden, loaded.manifest.n_classes, loaded.manifest.dynamic_max_steps) == (
+        24,
+        5,
+        64,
+    )
+
+
+def test_scorer_is_copied_and_hashed(tmp_path: Path, small_checkpoint: Path, alphabet_file: Path) -> None:
+    from dsconvert.cli import main
+
+    scorer = tmp_path / "lm.scorer"
+    scorer.write_bytes(b"not checked by convert.py, only copied")
+    out = tmp_path / "with_scorer"
+    args = ["--checkpoint", str(small_checkpoint), "--alphabet", str(alphabet_file), "--out", str(out)]
+    assert main([*args, "--scorer", str(scorer)]) == 0
+    loaded = md.load_model_directory(out)
+    assert loaded.scorer_path is not None and loaded.scorer_path.read_bytes() == scorer.read_bytes()
+
+
+# --- bad input: one clear line, non-zero exit, nothing half-written ------------------------------------------
+
+
+def test_missing_variables_are_listed(tmp_path: Path, alphabet_file: Path) -> None:
+    full = random_weights(16)
+    partial = {k: v for k, v in full.arrays.items() if not k.startswith("layer_5")}
+    write_checkpoint(DeepSpeechWeights(partial), tmp_path / "ck")
+    result = run_convert(
+        "--checkpoint", tmp_path / "ck", "--alphabet", alphabet_file, "--out", tmp_path / "out"
+    )
+    assert result.returncode == 2
+    assert "lacks DeepSpeech variables: layer_5/weights, layer_5/bias" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_alphabet_size_must_match_the_output_layer(tmp_path: Path, small_checkpoint: Path) -> None:
+    (tmp_path / "alphabet.txt").write_text("a\nb\nc\n")
+    result = run_convert(
+        "--checkpoint", small_checkpoint, "--alphabet", tmp_path / "alphabet.txt", "--out", tmp_path / "o"
+    )
+    assert result.returncode == 2
+    assert "has 3 labels (+1 blank = 4 classes) but the model's output layer has 29 classes" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("make_args", "message"),
+    [
+        (
+            lambda t, ck, ab: ["--checkpoint", ck, "--alphabet", t / "missing.txt"],
+            "cannot read alphabet file",
+        ),
+        (lambda t, ck, ab: ["--checkpoint", t / "nothing-here", "--alphabet", ab], "no checkpoint found in"),
+        (lambda t, ck, ab: ["--graph", t / "garbage.pb", "--alphabet", ab], "is not a TensorFlow GraphDef"),
+        (lambda t, ck, ab: ["--graph", t / "absent.pb", "--alphabet", ab], "cannot read graph"),
+        (
+            lambda t, ck, ab: ["--checkpoint", ck, "--alphabet", ab, "--scorer", t / "x.scorer"],
+            "does not exist",
+        ),
+    ],
+)
+def test_unreadable_inputs_fail_with_one_clear_line(
+    tmp_path: Path, small_checkpoint: Path, alphabet_file: Path, make_args, message: str
+) -> None:
+    (tmp_path / "garbage.pb").write_bytes(b"\xff\xfe not a protobuf \x00" * 10)
+    args = make_args(tmp_path, small_checkpoint, alphabet_file)
+    result = run_convert(*args, "--out", tmp_path / "out")
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("convert.py: error:")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_needs_force(tmp_path: Path, small_checkpoint: Path, alphabet_file: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    result = run_convert("--checkpoint", small_checkpoint, "--alphabet", alphabet_file, "--out", out)
+    assert result.returncode == 2 and "exists and is not empty; pass --force" in result.stderr
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_failure_mid_conversion_leaves_nothing_behind(
+    tmp_path: Path,
+    small_checkpoint: Path,
+    alphabet_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    small_model_dir: Path,
+) -> None:
+    from dsconvert import coreml_export
+    from dsconvert.cli import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated converter crash")
+
+    # Replacing an existing directory with --force must keep the old one when the new conversion fails.
+    out = tmp_path / "models" / "m"
+    out.parent.mkdir()
+    out.mkdir()
+    (out / "previous.txt").write_text("old model")
+    monkeypatch.setattr(coreml_export, "convert_to_mlpackage", broken)
+    with pytest.raises(RuntimeError, match="simulated"):
+        main(
+            [
+                "--checkpoint",
+                str(small_checkpoint),
+                "--alphabet",
+                str(alphabet_file),
+                "--out",
+                str(out),
+                "--force",
+            ]
+        )
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m"]
+    assert (out / "previous.txt").read_text() == "old model"
+
+
+def test_help_is_instant_and_names_both_sources() -> None:
+    result = run_convert("--help")
+    assert result.returncode == 0 and "--checkpoint" in result.stdout and "--graph" in result.stdout
