@@ -1,0 +1,195 @@
+"""The runtime interface: NumPy backend against the frozen TF graph, the Core ML adapter with a fake MLModel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app import model_dir as md
+from app.runtime import STATIC_STEPS, CoreMLUnavailable, LstmState, load_acoustic_model, pad_chunk
+from app.runtime.coreml_backend import CoreMLAcousticModel
+from app.runtime.numpy_backend import NumpyAcousticModel
+
+from .conftest import SMALL_WIDTH
+
+tf = pytest.importorskip("tensorflow")
+from dsconvert.graph import FrozenGraph, run_graph  # noqa: E402
+
+
+def _frozen(model_dir: Path, name: str, n_steps: int | None) -> FrozenGraph:
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((model_dir / name).read_bytes())
+    return FrozenGraph(graph_def, n_steps)
+
+
+@pytest.fixture(scope="module")
+def numpy_model(small_model_dir: Path) -> NumpyAcousticModel:
+    loaded = load_acoustic_model(md.load_model_directory(small_model_dir), "numpy")
+    assert isinstance(loaded, NumpyAcousticModel)
+    return loaded
+
+
+def _random_state(rng: np.random.Generator) -> LstmState:
+    return LstmState(*(rng.normal(0, 0.5, (1, SMALL_WIDTH)).astype(np.float32) for _ in range(2)))
+
+
+@pytest.mark.parametrize("length", [16, 5, 1])
+def test_numpy_static_chunk_matches_tensorflow(small_model_dir: Path, numpy_model, length: int) -> None:
+    rng = np.random.default_rng(length)
+    windows, _ = pad_chunk(rng.normal(0, 3, (length, 19, 26)).astype(np.float32))
+    state = _random_state(rng)
+    reference = run_graph(
+        _frozen(small_model_dir, md.STATIC_GRAPH, 16),
+        windows[None],
+        np.array([length], np.int32),
+        state.c,
+        state.h,
+    )
+    probs, new_state = numpy_model.run_chunk(windows, length, state)
+    assert probs.shape == (length, 29)
+    np.testing.assert_allclose(probs, reference["logits"][:length, 0], atol=1e-6)
+    np.testing.assert_allclose(new_state.c, reference["new_state_c"], atol=1e-5)
+    np.testing.assert_allclose(new_state.h, reference["new_state_h"], atol=1e-5)
+
+
+def test_numpy_dynamic_window_matches_tensorflow(small_model_dir: Path, numpy_model) -> None:
+    rng = np.random.default_rng(3)
+    windows = rng.normal(0, 3, (73, 19, 26)).astype(np.float32)
+    state = _random_state(rng)
+    reference = run_graph(
+        _frozen(small_model_dir, md.DYNAMIC_GRAPH, None),
+        windows[None],
+        np.array([73], np.int32),
+        state.c,
+        state.h,
+    )
+    probs, new_state = numpy_model.run_window(windows, state)
+    np.testing.assert_allclose(probs, reference["logits"][:, 0], atol=1e-6)
+    np.testing.assert_allclose(new_state.h, reference["new_state_h"], atol=1e-5)
+
+
+def test_run_long_equals_one_pass(numpy_model) -> None:
+    """Audio longer than the dynamic bound runs in windows with the state carried: same probabilities."""
+    rng = np.random.default_rng(4)
+    windows = rng.normal(0, 3, (250, 19, 26)).astype(np.float32)
+    start = LstmState.zeros(SMALL_WIDTH)
+    one_pass, one_state = numpy_model.run_window(windows, start)
+    bounded = NumpyAcousticModel.__new__(NumpyAcousticModel)
+    bounded.__dict__.update(numpy_model.__dict__, max_steps=37)  # several times shorter than the input
+    chunked, chunked_state = bounded.run_long(windows, start)
+    np.testing.assert_allclose(chunked, one_pass, atol=1e-6)
+    np.testing.assert_allclose(chunked_state.c, one_state.c, atol=1e-6)
+    with pytest.raises(ValueError, match="1..37"):
+        bounded.run_window(windows, start)
+
+
+def test_static_chunks_equal_the_dynamic_pass(numpy_model) -> None:
+    rng = np.random.default_rng(5)
+    windows = rng.normal(0, 3, (40, 19, 26)).astype(np.float32)
+    state = LstmState.zeros(SMALL_WIDTH)
+    parts = []
+    for start in range(0, 40, STATIC_STEPS):
+        chunk, length = pad_chunk(windows[start : start + STATIC_STEPS])
+        probs, state = numpy_model.run_chunk(chunk, length, state)
+        parts.append(probs)
+    whole, whole_state = numpy_model.run_window(windows, LstmState.zeros(SMALL_WIDTH))
+    np.testing.assert_allclose(np.concatenate(parts), whole, atol=1e-6)
+    np.testing.assert_allclose(state.h, whole_state.h, atol=1e-6)
+
+
+def test_zero_length_chunk_keeps_the_state(numpy_model) -> None:
+    state = _random_state(np.random.default_rng(6))
+    probs, new_state = numpy_model.run_chunk(np.zeros((16, 19, 26), np.float32), 0, state)
+    assert probs.shape == (0, 29) and new_state is state
+
+
+# --- Core ML adapter, fed through a fake MLModel that checks what Core ML would receive ---------------------
+
+
+class FakeMLModel:
+    """Stands in for `coremltools.models.MLModel` on Linux: validates the feed like Core ML's input checks,
+    then computes with the NumPy backend, returning outputs in the package's layout (T, 1, classes)."""
+
+    def __init__(self, path: Path, compute_units: str, numpy_model: NumpyAcousticModel, static: bool) -> None:
+        self.path, self.compute_units, self.numpy_model, self.static = (
+            path,
+            compute_units,
+            numpy_model,
+            static,
+        )
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.feeds.append(feed)
+        assert set(feed) == {"input_node", "input_lengths", "previous_state_c", "previous_state_h"}
+        x, lengths = feed["input_node"], feed["input_lengths"]
+        assert x.dtype == np.float32 and lengths.dtype == np.int32 and lengths.shape == (1,)
+        assert feed["previous_state_c"].dtype == np.float32 and feed["previous_state_c"].shape == (
+            1,
+            SMALL_WIDTH,
+        )
+        if self.static:
+            assert x.shape == (1, 16, 19, 26)
+        else:
+            assert x.shape[0] == 1 and 1 <= x.shape[1] <= 1000 and x.shape[2:] == (19, 26)
+        state = LstmState(feed["previous_state_c"], feed["previous_state_h"])
+        length = int(lengths[0])
+        probs, new = self.numpy_model._forward(x[0, :length], state)
+        padded = np.zeros((x.shape[1], 1, probs.shape[1]), np.float32)
+        padded[:length, 0] = probs
+        return {"logits": padded, "new_state_c": new.c, "new_state_h": new.h}
+
+
+@pytest.mark.parametrize("units", ["ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE"])
+def test_coreml_adapter_feeds_and_hands_state_over(small_model_dir: Path, numpy_model, units: str) -> None:
+    fakes: dict[str, FakeMLModel] = {}
+
+    def load(path: Path, compute_units: str) -> FakeMLModel:
+        fake = FakeMLModel(path, compute_units, numpy_model, static=path.name == md.STATIC_PACKAGE)
+        fakes[path.name] = fake
+        return fake
+
+    model = CoreMLAcousticModel(
+        small_model_dir / md.STATIC_PACKAGE,
+        small_model_dir / md.DYNAMIC_PACKAGE,
+        SMALL_WIDTH,
+        29,
+        1000,
+        units,
+        load=load,
+    )
+    assert {f.compute_units for f in fakes.values()} == {units}
+    assert model.describe()["compute_units"] == units and model.backend == "coreml"
+    rng = np.random.default_rng(7)
+    windows = rng.normal(0, 3, (21, 19, 26)).astype(np.float32)
+    # Streamed: a full chunk then a 5-step tail, state handed from one call to the next.
+    state = LstmState.zeros(SMALL_WIDTH)
+    first, state = model.run_chunk(*pad_chunk(windows[:16]), state)
+    tail, state = model.run_chunk(*pad_chunk(windows[16:]), state)
+    expected, expected_state = numpy_model.run_window(windows, LstmState.zeros(SMALL_WIDTH))
+    np.testing.assert_allclose(np.concatenate([first, tail]), expected, atol=1e-6)
+    np.testing.assert_allclose(state.c, expected_state.c, atol=1e-6)
+    static_feeds = fakes[md.STATIC_PACKAGE].feeds
+    assert [int(f["input_lengths"][0]) for f in static_feeds] == [16, 5]
+    np.testing.assert_array_equal(static_feeds[1]["previous_state_h"], first_state_h(numpy_model, windows))
+    assert not static_feeds[1]["input_node"][0, 5:].any(), "the tail chunk is zero-padded"
+    # Whole file through the dynamic package.
+    probs, _ = model.run_long(windows, LstmState.zeros(SMALL_WIDTH))
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+    assert fakes[md.DYNAMIC_PACKAGE].feeds[0]["input_node"].shape == (1, 21, 19, 26)
+
+
+def first_state_h(numpy_model: NumpyAcousticModel, windows: np.ndarray) -> np.ndarray:
+    return numpy_model.run_window(windows[:16], LstmState.zeros(SMALL_WIDTH))[1].h
+
+
+@pytest.mark.skipif(__import__("sys").platform == "darwin", reason="checks the refusal off macOS")
+def test_coreml_is_refused_clearly_off_macos(small_model_dir: Path) -> None:
+    with pytest.raises(CoreMLUnavailable, match="Core ML runs only on macOS.*DS_BACKEND=numpy"):
+        load_acoustic_model(md.load_model_directory(small_model_dir), "coreml")
+    auto = load_acoustic_model(md.load_model_directory(small_model_dir), "auto")
+    assert auto.backend == "numpy"
+    with pytest.raises(ValueError, match="compute units"):
+        CoreMLAcousticModel(Path("s"), Path("d"), 4, 29, 10, "GPU_ONLY", load=lambda p, u: None)
