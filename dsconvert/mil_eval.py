@@ -8,10 +8,16 @@ program order, one NumPy handler per MIL op type, written from the op definition
 
 Precision model (what "fp16" means here): every value is stored in the dtype the program declares for it
 (fp16 vars are `np.float16` arrays, fp32 vars `np.float32`, ...). Each op reads its inputs exactly, computes
-in float32 (matmul/linear accumulate in float32, as fp16 GPU kernels do) and rounds its result once to its
-declared output dtype, so an fp16 op costs one fp16 rounding per op and every `cast` is applied for real.
-`precision="fp32"` instead keeps fp16-declared values in float32 (the fp16 weights keep their fp16-rounded
-values): it separates "the program computes the same function" from "fp16 arithmetic loses this much".
+in float32 (linear/matmul accumulate in float32) and rounds its result once to its declared output dtype: an
+fp16 op costs one fp16 rounding, and every `cast` (fp32 I/O <-> fp16 body) is applied for real. That models an
+fp16 device with float32 accumulation; Core ML's kernels may accumulate differently, within the same order of
+error. `precision="fp32"` instead keeps fp16-declared values in float32 (the fp16 weights keep their
+fp16-rounded values): it separates "the program computes the same function" from "fp16 loses this much".
+
+What the DeepSpeech packages contain: no `lstm` op. coremltools' TF frontend maps BlockLSTM to `tf_lstm_block`
+and its `expand_tf_lstm` pass unrolls that into a `while_loop` (gather, linear, split, sigmoid/tanh, scatter)
+over all T steps, ignoring `seq_len_max`; graph.py masks h past each length and gathers the state at step
+length-1, so the extra steps never reach an output. The `lstm` handler is there for programs that keep it.
 
 Not a runtime: no speed, no batching, and ops the DeepSpeech packages do not use are refused by name.
 """
@@ -20,7 +26,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,6 +59,9 @@ class LoadedProgram:
     function: Any  # coremltools.converters.mil.mil.Function
     inputs: tuple[InputSpec, ...]
     output_names: tuple[str, ...]
+    # Const values in their declared dtype and float32 views of fp16 consts, per precision, made once: a loop
+    # body's weights would otherwise be converted again at every step of every evaluation.
+    const_cache: dict[tuple[str, str, int], Any] = field(default_factory=dict, repr=False, compare=False)
 
 
 # --------------------------------------------------------------------------------------------------- loading
@@ -70,7 +79,15 @@ def _weights_dir(package: Path) -> Path:
 
 
 def _input_specs(spec: Any) -> tuple[InputSpec, ...]:
-    dtypes = {65600 + 32: np.float32, 65536 + 16: np.float16, 131072 + 32: np.int32, 65536 + 64: np.float64}
+    from coremltools.proto import FeatureTypes_pb2
+
+    kinds = FeatureTypes_pb2.ArrayFeatureType
+    dtypes = {
+        kinds.FLOAT32: np.float32,
+        kinds.FLOAT16: np.float16,
+        kinds.INT32: np.int32,
+        kinds.DOUBLE: np.float64,
+    }
     specs = []
     for feature in spec.description.input:
         array = feature.type.multiArrayType
@@ -142,7 +159,9 @@ def _as_declared(value: Any, var: Any, precision: Precision, op_label: str) -> n
     if len(declared) != array.ndim or any(
         not is_symbolic(d) and int(d) != n for d, n in zip(declared, array.shape, strict=True)
     ):
-        raise MilEvalError(f"{op_label}: result {var.name} has shape {array.shape}, program declares {declared}")
+        raise MilEvalError(
+            f"{op_label}: result {var.name} has shape {array.shape}, program declares {declared}"
+        )
     return array
 
 
@@ -152,9 +171,10 @@ def _compute_view(value: np.ndarray) -> np.ndarray:
 
 
 class _Evaluator:
-    def __init__(self, precision: Precision) -> None:
+    def __init__(self, precision: Precision, const_cache: dict[tuple[str, str, int], Any]) -> None:
         self.precision = precision
         self.env: dict[int, np.ndarray] = {}  # id(Var) -> value; Var names repeat across nested blocks
+        self.consts = const_cache
 
     def value(self, var: Any) -> np.ndarray:
         try:
@@ -173,11 +193,15 @@ class _Evaluator:
     def run_op(self, op: Any) -> None:
         label = f"{op.op_type} op {op.name!r}"
         if op.op_type == "const":
-            value = op.outputs[0].val
-            if isinstance(value, str):  # e.g. cast's dtype, scatter's mode
-                self.bind(op.outputs[0], value)
-            else:
-                self.bind(op.outputs[0], _as_declared(value, op.outputs[0], self.precision, label))
+            var = op.outputs[0]
+            key = ("value", self.precision, id(var))
+            if key not in self.consts:
+                value = var.val
+                # Strings (cast's dtype, scatter's mode) stay strings.
+                self.consts[key] = (
+                    value if isinstance(value, str) else _as_declared(value, var, self.precision, label)
+                )
+            self.bind(var, self.consts[key])
             return
         if op.op_type == "while_loop":
             results = self.while_loop(op)
@@ -206,7 +230,14 @@ class _Evaluator:
         if isinstance(arg, tuple | list):
             return [self.argument(a) for a in arg]
         value = self.value(arg)
-        return value if isinstance(value, str) else _compute_view(value)
+        if isinstance(value, str):
+            return value
+        if arg.op is not None and arg.op.op_type == "const" and value.dtype == np.float16:
+            key = ("view", self.precision, id(arg))
+            if key not in self.consts:
+                self.consts[key] = _compute_view(value)
+            return self.consts[key]
+        return _compute_view(value)
 
     def while_loop(self, op: Any) -> list[np.ndarray]:
         """Run `body` while `cond` holds; loop variables keep the dtypes the blocks declare."""
@@ -224,7 +255,9 @@ class _Evaluator:
         raise MilEvalError(f"while_loop {op.name!r} ran {_MAX_LOOP_ITERATIONS} iterations without stopping")
 
 
-def evaluate(program: LoadedProgram, inputs: dict[str, np.ndarray], precision: Precision = "program") -> dict:
+def evaluate(
+    program: LoadedProgram, inputs: dict[str, np.ndarray], precision: Precision = "program"
+) -> dict[str, np.ndarray]:
     """Evaluate a loaded program on `inputs` (by name); returns its outputs by name, in their declared dtypes.
 
     Inputs are converted to the declared I/O dtype (as Core ML's MLMultiArray conversion does) and checked
@@ -235,7 +268,7 @@ def evaluate(program: LoadedProgram, inputs: dict[str, np.ndarray], precision: P
     unknown = set(inputs) - {spec.name for spec in program.inputs}
     if unknown:
         raise MilEvalError(f"{program.path.name} has no inputs named {', '.join(sorted(unknown))}")
-    evaluator = _Evaluator(precision)
+    evaluator = _Evaluator(precision, program.const_cache)
     for spec in program.inputs:
         if spec.name not in inputs:
             raise MilEvalError(f"{program.path.name} needs input {spec.name!r}")
@@ -243,14 +276,13 @@ def evaluate(program: LoadedProgram, inputs: dict[str, np.ndarray], precision: P
         if value.ndim != len(spec.bounds) or any(
             n < lo or (hi >= 0 and n > hi) for n, (lo, hi) in zip(value.shape, spec.bounds, strict=True)
         ):
-            raise MilEvalError(f"input {spec.name} has shape {value.shape}, allowed per dimension {spec.bounds}")
+            raise MilEvalError(
+                f"input {spec.name} has shape {value.shape}, allowed per dimension {spec.bounds}"
+            )
         var = program.function.inputs[spec.name]
         evaluator.bind(var, _as_declared(value, var, precision, f"input {spec.name}"))
     outputs = evaluator.run_block(program.function)
-    return {
-        name: value.astype(np.float32) if value.dtype == np.float16 else value
-        for name, value in zip(program.output_names, outputs, strict=True)
-    } if precision == "fp32" else dict(zip(program.output_names, outputs, strict=True))
+    return dict(zip(program.output_names, outputs, strict=True))
 
 
 def evaluate_package(
@@ -305,13 +337,25 @@ _BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
     "logical_and": np.logical_and,
     "logical_or": np.logical_or,
 }
-for _name, _fn in _BINARY.items():
+
+
+def _binary(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Handler:
     # Broadcasting follows NumPy's rules, which the MIL elementwise_binary definition adopts.
-    _HANDLERS[_name] = lambda a, fn=_fn: fn(a["x"], a["y"])
+    return lambda a: fn(a["x"], a["y"])
+
+
+for _name, _fn in _BINARY.items():
+    _HANDLERS[_name] = _binary(_fn)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # 1 / (1 + e^-x) written with tanh: the same function, without overflow warnings for large |x|.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
 
 _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "relu": lambda x: np.maximum(x, 0).astype(x.dtype),
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "sigmoid": _sigmoid,
     "tanh": np.tanh,
     "exp": np.exp,
     "sqrt": np.sqrt,
@@ -319,8 +363,14 @@ _UNARY: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "logical_not": np.logical_not,
     "identity": lambda x: x,
 }
+
+
+def _unary(fn: Callable[[np.ndarray], np.ndarray]) -> Handler:
+    return lambda a: fn(a["x"])
+
+
 for _name, _fn1 in _UNARY.items():
-    _HANDLERS[_name] = lambda a, fn=_fn1: fn(a["x"])
+    _HANDLERS[_name] = _unary(_fn1)
 
 
 @_handles("cast")
@@ -524,7 +574,7 @@ def _select(a: dict[str, Any]) -> np.ndarray:
     return np.where(a["cond"], a["a"], a["b"])
 
 
-def _reduction(fn: Callable[..., np.ndarray]) -> Handler:
+def _reduction(fn: Callable[..., Any]) -> Handler:
     def reduce(a: dict[str, Any]) -> np.ndarray:
         x = a["x"]
         axes = None if a.get("axes") is None else tuple(_axis(i, x.ndim) for i in a["axes"])
@@ -533,12 +583,18 @@ def _reduction(fn: Callable[..., np.ndarray]) -> Handler:
     return reduce
 
 
-for _name, _fnr in {"reduce_max": np.max, "reduce_min": np.min, "reduce_sum": np.sum, "reduce_mean": np.mean}.items():
+_REDUCTIONS: dict[str, Callable[..., Any]] = {
+    "reduce_max": np.max,
+    "reduce_min": np.min,
+    "reduce_sum": np.sum,
+    "reduce_mean": np.mean,
+}
+for _name, _fnr in _REDUCTIONS.items():
     _HANDLERS[_name] = _reduction(_fnr)
 
 
 _LSTM_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
+    "sigmoid": _sigmoid,
     "tanh": np.tanh,
     "relu": lambda x: np.maximum(x, 0),
     "linear": lambda x: x,
@@ -552,14 +608,19 @@ def _lstm(a: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     x (s, b, I); weight_ih (4H, I) and weight_hh (4H, H) with gate rows in the order input, forget, output,
     cell (z); bias (4H,) = input + recurrent bias. Returns (all h or last h as (1, b, H), h_s, c_s). Variants
     whose semantics this verifier cannot pin down from the definition (reverse/bidirectional, peephole, clip,
-    scaled/hard activations with their implicit alpha/beta) are refused rather than guessed.
+    scaled/hard activations with their implicit alpha/beta) are refused rather than guessed. The recurrence
+    runs in float32 inside the op; only its three results are rounded to the declared dtype.
     """
     if a.get("direction", "forward") != "forward":
         raise MilEvalError(f"lstm direction {a['direction']!r} is not supported (forward only)")
     if "clip" in a or ("peephole" in a and np.any(a["peephole"])):
         raise MilEvalError("lstm with clip or non-zero peephole is not supported")
     acts = []
-    for key, default in (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh")):
+    for key, default in (
+        ("recurrent_activation", "sigmoid"),
+        ("cell_activation", "tanh"),
+        ("activation", "tanh"),
+    ):
         name = a.get(key, default)
         if name not in _LSTM_ACTIVATIONS:
             raise MilEvalError(f"lstm {key} {name!r} is not supported")
