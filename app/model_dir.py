@@ -46,6 +46,7 @@ class Manifest:
     sample_rate: int = 16000
     feature_win_len_ms: int = 32
     feature_win_step_ms: int = 20
+    precision: str = "float16"  # Core ML compute precision of the packages
     format_version: int = FORMAT_VERSION
     files: dict[str, str] = field(default_factory=dict)  # relative path -> sha256
     source: dict[str, Any] = field(default_factory=dict)

@@ -36,6 +36,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="upper bound of the dynamic package's time axis (default 1000)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=("float16", "float32"),
+        default="float16",
+        help="Core ML compute precision (float16: half size, Neural Engine; float32: closest to TensorFlow)",
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--name", default=None, help="model name recorded in the manifest (default: --out's name)"
@@ -101,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "feature_win_step_ms": str(graph.FEATURE_WIN_STEP_MS),
         "n_input": "26",
         "n_context": "9",
+        "precision": args.precision,
         "outputs": "logits are softmax probabilities, time-major (T,1,classes), blank last",
     }
 
@@ -122,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
                 "n_steps": str(n_steps or 0),
                 "max_steps": str(n_steps or max_steps),
             }
-            mlmodel = coreml_export.convert_to_mlpackage(frozen, model.n_cell_dim, meta, max_steps=max_steps)
+            mlmodel = coreml_export.convert_to_mlpackage(
+                frozen, model.n_cell_dim, meta, max_steps=max_steps, precision=args.precision
+            )
             mlmodel.save(str(staging / package))
 
     try:
@@ -135,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_steps": coreml_export.STATIC_STEPS,
                 "dynamic_max_steps": max_steps,
                 "source": {**source, "name": name},
+                "precision": args.precision,
             },
             scorer=args.scorer,
             force=args.force,
