@@ -46,3 +46,39 @@ def small_model_dir(
         == 0
     )
     return out
+
+
+def speak(text: str, out: Path, voice: str = "en-us", speed: int = 160) -> Path:
+    """Real speech from espeak-ng, resampled to 16 kHz mono s16 WAV with soxr (what a client would upload)."""
+    import shutil
+    import subprocess
+
+    import numpy as np
+    import soundfile
+    import soxr
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make test installs it: apt-get install espeak-ng)")
+    raw = out.with_suffix(".raw.wav")
+    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
+    samples, rate = soundfile.read(raw, dtype="float32")
+    resampled = np.clip(soxr.resample(samples, rate, 16000), -1.0, 1.0)
+    soundfile.write(out, resampled, 16000, subtype="PCM_16")
+    raw.unlink()
+    return out
+
+
+@pytest.fixture(scope="session")
+def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak(
+        "turn on the kitchen lights and play some music", tmp_path_factory.mktemp("speech") / "a.wav"
+    )
+
+
+@pytest.fixture(scope="session")
+def other_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return speak(
+        "the quick brown fox jumps over the lazy dog",
+        tmp_path_factory.mktemp("speech") / "b.wav",
+        voice="en-gb",
+    )

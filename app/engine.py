@@ -1,0 +1,79 @@
+"""The loaded service: model directory + acoustic model + decoder, and the two ways audio goes through them."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.decoding import Decoder, Transcript, build_decoder
+from app.features import features_for_file
+from app.model_dir import ModelDirectory, load_model_directory
+from app.runtime import AcousticModel, LstmState, load_acoustic_model
+from app.session import StreamSession
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Transcription:
+    transcript: Transcript
+    duration: float  # seconds of audio
+    processing_seconds: float
+
+
+class Engine:
+    """Everything loaded once at startup and shared by all requests and streams (each with its own state)."""
+
+    def __init__(self, model_dir: ModelDirectory, model: AcousticModel, decoder: Decoder) -> None:
+        self.model_dir = model_dir
+        self.model = model
+        self.decoder = decoder
+
+    @classmethod
+    def load(cls, settings: Settings) -> Engine:
+        started = time.monotonic()
+        model_dir = load_model_directory(settings.model_dir, verify_hashes=settings.verify_model_hashes)
+        model = load_acoustic_model(model_dir, settings.backend, settings.compute_units)
+        decoder = build_decoder(model_dir, settings)
+        log.info(
+            "loaded model %s from %s: width %d, backend %s, decoder %s, in %.2f s",
+            model_dir.name,
+            model_dir.path,
+            model_dir.manifest.n_hidden,
+            model.backend,
+            decoder.description,
+            time.monotonic() - started,
+        )
+        return cls(model_dir, model, decoder)
+
+    def transcribe(self, samples: np.ndarray) -> Transcription:
+        """Whole file: features, the dynamic model in windows of ≤ max_steps with state carried, one decode."""
+        started = time.monotonic()
+        windows = features_for_file(samples)
+        probs, _ = self.model.run_long(windows, LstmState.zeros(self.model.n_cell_dim))
+        transcript = self.decoder.decode(probs)
+        return Transcription(transcript, len(samples) / 16000.0, time.monotonic() - started)
+
+    def open_stream(self) -> StreamSession:
+        return StreamSession(self.model, self.decoder.stream())
+
+    def info(self) -> dict[str, object]:
+        manifest = self.model_dir.manifest
+        return {
+            "model": {
+                "name": self.model_dir.name,
+                "path": str(self.model_dir.path),
+                "n_hidden": manifest.n_hidden,
+                "n_classes": manifest.n_classes,
+                "alphabet": manifest.alphabet,
+                "source": manifest.source,
+                "static_steps": manifest.n_steps,
+                "dynamic_max_steps": manifest.dynamic_max_steps,
+            },
+            "runtime": self.model.describe(),
+            "decoder": self.decoder.describe(),
+        }

@@ -1,0 +1,44 @@
+"""Typed errors mapped to JSON responses at the edge: `{"detail": "..."}` with the right status, no traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.audio import EmptyAudio, UnsupportedAudio
+from app.runtime import InferenceError
+
+log = logging.getLogger(__name__)
+
+
+class UploadTooLarge(ValueError):
+    """The upload exceeds DS_MAX_UPLOAD_BYTES (HTTP 413)."""
+
+
+class MissingUpload(ValueError):
+    """The request has no multipart `file` field (HTTP 400)."""
+
+
+STATUS = {
+    EmptyAudio: 400,
+    MissingUpload: 400,
+    UnsupportedAudio: 415,
+    UploadTooLarge: 413,
+}
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    for error, status in STATUS.items():
+
+        async def handler(request: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        app.add_exception_handler(error, handler)
+
+    async def inference_failed(request: Request, exc: Exception) -> JSONResponse:
+        log.error("inference failed on %s: %s", request.url.path, exc)
+        return JSONResponse({"detail": "the model failed on this audio; see the server log"}, status_code=500)
+
+    app.add_exception_handler(InferenceError, inference_failed)

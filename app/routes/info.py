@@ -1,0 +1,19 @@
+"""Service information: which model, backend and decoder are running."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+router = APIRouter(tags=["info"])
+
+
+@router.get("/info")
+async def service_info(request: Request) -> dict[str, object]:
+    """The loaded model, the backend that runs it (and its compute units) and the decoder settings."""
+    return request.app.state.engine.info()
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}

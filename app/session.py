@@ -1,0 +1,82 @@
+"""StreamSession: one stream's feature buffers, batch buffer, LSTM state and decoder state.
+
+Follows the native client's `StreamingState` (deepspeech.cc): windows are batched 16 at a time through the
+static model with the state carried between batches; the decoder is fed each batch's probabilities
+incrementally (never re-decoding from the start); at the end the remaining windows (< 16) run zero-padded to 16
+with `input_lengths` = their count — the coremltools guide's loop drops this tail, we must not.
+Knows nothing about websockets: the transport layer feeds it samples and sends what it returns.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from app.decoding import DecoderStream, Transcript
+from app.features import N_MFCC, WINDOW_FRAMES, StreamingFeatures
+from app.runtime import STATIC_STEPS, AcousticModel, LstmState
+
+
+class StreamFinished(RuntimeError):
+    """Audio or finish() after the stream has ended."""
+
+
+class StreamSession:
+    def __init__(self, model: AcousticModel, decoder: DecoderStream) -> None:
+        self._model = model
+        self._decoder = decoder
+        self._features = StreamingFeatures()
+        self._batch = np.zeros((STATIC_STEPS, WINDOW_FRAMES, N_MFCC), np.float32)
+        self._batch_fill = 0
+        self._state = LstmState.zeros(model.n_cell_dim)
+        self._last_partial = ""
+        self._finished = False
+        self.samples_in = 0
+        self.steps_decoded = 0
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.samples_in / 16000.0
+
+    def feed(self, samples: np.ndarray) -> str | None:
+        """Take 16 kHz float32 samples; return the new partial transcript if it changed, else None."""
+        if self._finished:
+            raise StreamFinished("the stream has ended; open a new one")
+        self.samples_in += len(samples)
+        self._add_windows(self._features.push(samples))
+        text = self._decoder.partial().text
+        if text != self._last_partial:
+            self._last_partial = text
+            return text
+        return None
+
+    def finish(self) -> Transcript:
+        """Flush the tail exactly as the native client's finishStream does and return the final transcript."""
+        if self._finished:
+            raise StreamFinished("finish() was already called")
+        self._finished = True
+        self._add_windows(self._features.finish())
+        if self._batch_fill:
+            self._run_batch(self._batch_fill)
+        return self._decoder.finish()
+
+    def _add_windows(self, windows: np.ndarray) -> None:
+        taken = 0
+        while taken < len(windows):
+            n = min(STATIC_STEPS - self._batch_fill, len(windows) - taken)
+            self._batch[self._batch_fill : self._batch_fill + n] = windows[taken : taken + n]
+            self._batch_fill += n
+            taken += n
+            if self._batch_fill == STATIC_STEPS:
+                self._run_batch(STATIC_STEPS)
+
+    def _run_batch(self, length: int) -> None:
+        if length < STATIC_STEPS:
+            self._batch[length:] = 0.0  # the tail chunk is zero-padded, its length says what is real
+        probs, self._state = self._model.run_chunk(self._batch, length, self._state)
+        self._decoder.feed(probs)
+        self.steps_decoded += length
+        self._batch_fill = 0

@@ -1,0 +1,29 @@
+"""All settings, read once from `DS_*` environment variables (and an optional `.env`), passed down from here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DS_", env_file=".env", extra="ignore")
+
+    model_dir: Path = Field(
+        Path("models/default"), description="model directory written by scripts/convert.py"
+    )
+    backend: Literal["auto", "numpy", "coreml"] = "auto"
+    compute_units: Literal["ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE"] = "ALL"
+    decoder: Literal["beam", "greedy"] = "beam"
+    beam_width: int = Field(500, ge=1, le=4096, description="DeepSpeech's export default")
+    scorer: Path | None = Field(
+        None, description="KenLM .scorer; default: the model directory's kenlm.scorer"
+    )
+    use_scorer: bool = True
+    lm_alpha: float | None = Field(None, description="override the scorer's alpha")
+    lm_beta: float | None = Field(None, description="override the scorer's beta")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1)
+    verify_model_hashes: bool = True
