@@ -5,20 +5,29 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import cache
 
 from fastapi import FastAPI
+from pydantic import ValidationError
 
+from app.alphabet import AlphabetError
+from app.decoding import ScorerError
 from app.engine import Engine
 from app.errors import install_error_handlers
 from app.limits import UploadLimit
+from app.model_dir import ModelDirectoryError
 from app.routes import info, stream, transcribe
+from app.runtime import CoreMLUnavailable
 from app.settings import Settings
 
 log = logging.getLogger("app")
 
+# Startup problems an operator fixes by configuration: reported as one line, never as a traceback.
+STARTUP_ERRORS = (ModelDirectoryError, ScorerError, AlphabetError, CoreMLUnavailable)
+
 
 def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the app; models load once in the lifespan (or a preloaded engine is used, e.g. by tests)."""
+    """Build the app; models load once in the lifespan unless a loaded engine is given (tests, `app` below)."""
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -44,9 +53,28 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     return app
 
 
-def _app_from_environment() -> FastAPI:
+@cache
+def app_from_environment() -> FastAPI:
+    """Settings from DS_* variables, models loaded before the server binds; bad setup exits with one line."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return create_app()
+    try:
+        settings = Settings()
+        engine = Engine.load(settings)
+    except ValidationError as exc:
+        problems = "; ".join(f"DS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+        _exit(f"invalid settings: {problems}")
+    except STARTUP_ERRORS as exc:
+        _exit(str(exc))
+    return create_app(settings, engine)
 
 
-app = _app_from_environment()
+def _exit(message: str) -> None:
+    log.critical("cannot start: %s", message)
+    raise SystemExit(1)
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn app.main:app` reads this attribute; importing the module (tests, create_app) loads nothing.
+    if name == "app":
+        return app_from_environment()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
