@@ -48,6 +48,12 @@ class Engine:
             decoder.description,
             time.monotonic() - started,
         )
+        if str(model_dir.manifest.source.get("name", "")).startswith("random-"):
+            log.warning(
+                "!!! %s holds RANDOM weights (made by scripts/make_random_model.py): transcripts are noise. "
+                "Convert a real DeepSpeech checkpoint with scripts/convert.py and set DS_MODEL_DIR.",
+                model_dir.path,
+            )
         return cls(model_dir, model, decoder)
 
     def transcribe(self, samples: np.ndarray) -> Transcription:

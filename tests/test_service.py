@@ -315,3 +315,40 @@ def test_bad_messages_get_errors_and_the_stream_goes_on(client: TestClient, spee
 def test_stream_with_no_audio_gives_an_empty_final(client: TestClient) -> None:
     final = stream_pcm(client, b"")[-1]
     assert final["type"] == "final" and final["duration"] == 0.0
+
+
+# --- with a KenLM scorer built by the project's tooling ------------------------------------------------------
+
+VOCABULARY_TEXT = """turn on the kitchen lights
+turn off the lights in the living room
+play some music in the kitchen
+what is the weather like today
+set a timer for ten minutes
+"""
+
+
+@pytest.fixture(scope="module")
+def scorer_client(tmp_path_factory: pytest.TempPathFactory, small_model_dir: Path) -> Iterator[TestClient]:
+    from app.alphabet import ENGLISH
+    from dsconvert.lm.build_scorer import build_scorer
+
+    directory = tmp_path_factory.mktemp("scorer")
+    (directory / "corpus.txt").write_text(VOCABULARY_TEXT)
+    scorer = build_scorer(directory / "corpus.txt", ENGLISH, directory / "home.scorer")
+    settings = Settings(
+        model_dir=small_model_dir, backend="numpy", beam_width=64, scorer=scorer, lm_alpha=1.5
+    )
+    with TestClient(create_app(settings)) as test_client:  # loads through the lifespan, as uvicorn does
+        yield test_client
+
+
+def test_scorer_restricts_output_to_its_vocabulary(scorer_client: TestClient, speech_wav: Path) -> None:
+    info = scorer_client.get("/info").json()["decoder"]
+    assert info["scorer"]["alpha"] == 1.5 and info["scorer"]["vocabulary_size"] == len(
+        set(VOCABULARY_TEXT.split())
+    )
+    body = scorer_client.post("/transcribe", files={"file": speech_wav.read_bytes()}).json()
+    assert body["decoder"] == "beam 64, kenlm home.scorer"
+    assert body["text"] and set(body["text"].split()) <= set(VOCABULARY_TEXT.split())
+    final = stream_pcm(scorer_client, pcm16(speech_wav))[-1]
+    assert set(final["text"].split()) <= set(VOCABULARY_TEXT.split())
