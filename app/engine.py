@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.decoding import Decoder, Transcript, build_decoder
-from app.features import features_for_file
+from app.features import context_window_blocks, mfcc
 from app.model_dir import ModelDirectory, load_model_directory
 from app.runtime import AcousticModel, LstmState, load_acoustic_model
 from app.session import StreamSession
@@ -57,11 +57,18 @@ class Engine:
         return cls(model_dir, model, decoder)
 
     def transcribe(self, samples: np.ndarray) -> Transcription:
-        """Whole file: features, the dynamic model in windows of ≤ max_steps with state carried, one decode."""
+        """Whole file: features, the dynamic model in windows of ≤ max_steps with state carried, one decode.
+
+        Context windows are built one model window at a time (19×26 floats per step would otherwise be ~355 MB
+        per hour of audio); only the MFCC frames and the probabilities are held for the whole file.
+        """
         started = time.monotonic()
-        windows = features_for_file(samples)
-        probs, _ = self.model.run_long(windows, LstmState.zeros(self.model.n_cell_dim))
-        transcript = self.decoder.decode(probs)
+        state = LstmState.zeros(self.model.n_cell_dim)
+        parts = [np.zeros((0, self.model.n_classes), np.float32)]
+        for windows in context_window_blocks(mfcc(samples), self.model.max_steps):
+            probs, state = self.model.run_window(windows, state)
+            parts.append(probs)
+        transcript = self.decoder.decode(np.concatenate(parts))
         return Transcription(transcript, len(samples) / 16000.0, time.monotonic() - started)
 
     def open_stream(self) -> StreamSession:

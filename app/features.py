@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
@@ -130,8 +131,7 @@ def _mfcc_frames(frames: np.ndarray) -> np.ndarray:
     return mel @ t.dct
 
 
-def context_windows(frames: np.ndarray) -> np.ndarray:
-    """Whole-file model input (T, 19, 26), built as DeepSpeech does: 9 zero frames of context each side."""
+def _context_view(frames: np.ndarray) -> np.ndarray:
     f = np.asarray(frames, dtype=np.float32)
     if f.ndim != 2:
         raise ValueError(f"context_windows expects (frames, coefficients), got shape {f.shape}")
@@ -141,8 +141,19 @@ def context_windows(frames: np.ndarray) -> np.ndarray:
     # Upstream pads SAME with a conv1d over an identity filter: 9 zero frames before and after.
     padded = np.zeros((n + 2 * N_CONTEXT, width), dtype=np.float32)
     padded[N_CONTEXT : N_CONTEXT + n] = f
-    view = sliding_window_view(padded, (WINDOW_FRAMES, width))[:, 0]  # (T, 19, width), no copy yet
-    return np.ascontiguousarray(view)
+    return sliding_window_view(padded, (WINDOW_FRAMES, width))[:, 0]  # (T, 19, width), no copy
+
+
+def context_windows(frames: np.ndarray) -> np.ndarray:
+    """Whole-file model input (T, 19, 26), built as DeepSpeech does: 9 zero frames of context each side."""
+    return np.ascontiguousarray(_context_view(frames))
+
+
+def context_window_blocks(frames: np.ndarray, block: int) -> Iterator[np.ndarray]:
+    """The same windows as `context_windows`, `block` at a time: memory bounded by the block, not the file."""
+    view = _context_view(frames)
+    for start in range(0, len(view), block):
+        yield np.ascontiguousarray(view[start : start + block])
 
 
 def features_for_file(samples: np.ndarray) -> np.ndarray:
