@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.audio import EmptyAudio, UnsupportedAudio
+from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
 from app.runtime import InferenceError
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,7 @@ STATUS = {
     MissingUpload: 400,
     UnsupportedAudio: 415,
     UploadTooLarge: 413,
+    AudioTooLong: 413,
 }
 
 
