@@ -53,7 +53,11 @@ def test_model_directory_has_every_artifact_hashed(small_model_dir: Path) -> Non
         assert md.sha256_of(small_model_dir / name) == digest
     assert manifest["n_hidden"] == SMALL_WIDTH and manifest["n_cell_dim"] == SMALL_WIDTH
     assert manifest["n_classes"] == 29 and manifest["alphabet"] == list(ENGLISH.labels)
-    assert manifest["n_steps"] == 16 and manifest["dynamic_max_steps"] == 1000 and manifest["precision"] == "float16"
+    assert (
+        manifest["n_steps"] == 16
+        and manifest["dynamic_max_steps"] == 1000
+        and manifest["precision"] == "float16"
+    )
     assert manifest["n_input"] == 26 and manifest["n_context"] == 9 and manifest["sample_rate"] == 16000
     assert {"tensorflow", "coremltools", "numpy", "python"} <= set(manifest["tools"])
     assert manifest["source"]["kind"] == "checkpoint"

@@ -124,7 +124,7 @@ def test_long_audio_runs_in_windows_with_the_same_probabilities(engine: Engine, 
     [
         (b"", 400, "empty"),
         (b"RIFF\x00\x00\x00\x00WAVEjunk" + bytes(100), 415, "cannot decode the audio"),
-        (b"\x89PNG\r\n\x1a\n" + bytes(500), 415, "cannot decode the audio"),
+        (b"\x89PNG\r\n\x1a\n" + bytes(500), 415, "no audio stream"),
     ],
 )
 def test_bad_uploads_get_clear_json_errors(
