@@ -9,8 +9,8 @@ DS_MODEL_DIR ?= models/default
 export DS_MODEL_DIR
 
 # Debian packages the tests and the tooling use: espeak-ng speaks test audio, sox shapes it, libsndfile1 backs
-# soundfile, g++/cmake build KenLM's build_binary for scorers.
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake
+# soundfile, g++ builds KenLM's build_binary for scorers, chromium runs the page's browser test.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium
 
 .PHONY: help serve test lint system-deps venv clean
 

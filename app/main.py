@@ -16,7 +16,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.limits import UploadLimit
 from app.model_dir import ModelDirectoryError
-from app.routes import info, stream, transcribe
+from app.routes import info, page, stream, transcribe, vosk
 from app.runtime import CoreMLUnavailable
 from app.settings import Settings
 
@@ -49,7 +49,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     install_error_handlers(app)
     app.include_router(transcribe.router)
     app.include_router(stream.router)
+    app.include_router(vosk.router)
     app.include_router(info.router)
+    page.install(app)
     return app
 
 

@@ -1,0 +1,256 @@
+"""The page at / in a real headless Chromium against a real uvicorn serving the small random-weight model.
+
+A fake microphone plays a generated speech WAV (Chromium loops it); the test records, watches live partials appear
+on the page, stops, and checks the final shown against the final the server sent; then drops the same file, plays
+from a word, and downloads SRT, VTT and JSON. Transcripts are noise (random weights): everything is checked for
+structure and consistency, never for text. A screenshot is saved as `page.png` in the test's tmp_path and copied
+to `.cache/page.png` for a reviewer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import speak
+from tests.test_server_e2e import free_port, start_server
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+
+if not CHROMIUM.exists():
+    pytest.skip(
+        "Debian's chromium is not installed at /usr/bin/chromium (make test installs it: apt-get install chromium)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')"
+)
+
+CHROMIUM_ARGS = [
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+# Records what #partial showed, and when, as the page changed it (not what the page was told).
+OBSERVE_PARTIALS = """() => {
+  window.__shown = [];
+  const el = document.getElementById("partial");
+  new MutationObserver(() => window.__shown.push({text: el.textContent, t: performance.now()}))
+    .observe(el, {childList: true, characterData: true, subtree: true});
+}"""
+
+MAKE_DROP = """([b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const dt = new DataTransfer();
+  dt.items.add(new File([bytes], name, {type}));
+  return dt;
+}"""
+
+CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\d)[,.](\d{3})\n(.+)")
+
+
+@pytest.fixture(scope="module")
+def page_server(small_model_dir: Path) -> Iterator[str]:
+    port = free_port()
+    process = start_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}, port)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited: {process.stdout.read() if process.stdout else ''}")
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("server did not come up in 60 s")
+    yield base
+    process.terminate()
+    process.wait(timeout=20)
+
+
+def parse_cues(text: str) -> list[tuple[int, float, float, str]]:
+    """Cues of an SRT body (or a VTT body after its header); fails on anything that is not a well-formed cue."""
+    blocks = [b for b in text.strip().split("\n\n") if b]
+    cues = []
+    for block in blocks:
+        match = CUE.fullmatch(block)
+        assert match, f"malformed cue: {block!r}"
+        g = match.groups()
+        start = int(g[1]) * 3600 + int(g[2]) * 60 + int(g[3]) + int(g[4]) / 1000
+        end = int(g[5]) * 3600 + int(g[6]) * 60 + int(g[7]) + int(g[8]) / 1000
+        cues.append((int(g[0]), start, end, g[9]))
+    return cues
+
+
+def check_subtitles(cues: list[tuple[int, float, float, str]], words: list[dict[str, Any]]) -> None:
+    assert [c[0] for c in cues] == list(range(1, len(cues) + 1))
+    previous_end = 0.0
+    for _, start, end, _ in cues:
+        assert previous_end <= start < end
+        previous_end = end
+    assert " ".join(c[3] for c in cues).split() == [w["word"] for w in words]
+    if words:
+        assert cues[0][1] == pytest.approx(words[0]["start"], abs=0.0011)
+        assert cues[-1][2] == pytest.approx(max(words[-1]["end"], cues[-1][1] + 0.01), abs=0.0011)
+
+
+def test_page_live_partials_final_upload_words_and_downloads(page_server: str, tmp_path: Path) -> None:
+    base = page_server
+    wav = speak("please turn on the kitchen lights and then play some quiet music", tmp_path / "speech.wav")
+    index = httpx.get(f"{base}/", timeout=10)
+    assert index.status_code == 200 and "text/html" in index.headers["content-type"], (
+        "GET / does not serve the page: is app.routes.page installed in app/main.py?"
+    )
+    for asset in ("app.js", "app.css", "capture-worklet.js"):
+        assert httpx.get(f"{base}/static/{asset}", timeout=10).status_code == 200
+    references = re.findall(r'(?:src|href)="([^"]*)"', index.text)
+    assert references and not [r for r in references if re.match(r"([a-z]+:)?//", r)], references  # no CDN
+    expected_upload = httpx.post(
+        f"{base}/transcribe", files={"file": ("speech.wav", wav.read_bytes(), "audio/wav")}, timeout=60
+    ).json()
+
+    problems: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"],
+            accept_downloads=True,
+            viewport={"width": 1100, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+            page.on(
+                "response", lambda r: problems.append(f"HTTP {r.status} {r.url}") if r.status >= 400 else None
+            )
+            requested: list[str] = []
+            page.on("request", lambda r: requested.append(r.url))
+            page.goto(f"{base}/")
+            sync_api.expect(page.locator("#service-info")).to_contain_text("Model", timeout=10000)
+            page.evaluate(OBSERVE_PARTIALS)
+
+            # (a) live: record from the fake microphone, partials appear while recording, then the final.
+            page.get_by_role("button", name="Start recording").click()
+            page.wait_for_function("window.__partials.length >= 2", timeout=20000)
+            stop_at = page.evaluate("performance.now()")
+            page.get_by_role("button", name="Stop recording").click()
+            page.wait_for_function("window.__finals.length === 1", timeout=20000)
+            log = page.evaluate("window.__sttLog")
+            shown = page.evaluate("window.__shown")
+            assert not log["errors"], log["errors"]
+            shown_live = [s["text"] for s in shown if s["t"] < stop_at and s["text"].strip()]
+            assert shown_live, f"no partial text was shown before stop: {shown}"
+            assert all(text in log["partials"] for text in shown_live)  # shown = what the server sent
+            final = log["finals"][0]
+            assert final["type"] == "final" and final["duration"] > 0.5
+            assert final["text"].strip(), "the final is empty; the test needs a transcript to check"
+            sync_api.expect(page.locator("#result-text")).to_have_text(final["text"])
+            sync_api.expect(page.locator("#partial")).to_have_text(final["text"])
+            words = page.locator("#words .word-text").all_inner_texts()
+            assert words == [w["word"] for w in final["words"]]
+            sync_api.expect(page.locator("#record-label")).to_have_text("Start recording")
+            assert page.evaluate("document.getElementById('player').src").startswith("blob:")
+
+            # (b) a dropped file: the same transcript as a direct upload, words with timings, click to play.
+            payload = base64.b64encode(wav.read_bytes()).decode()
+            drop = page.evaluate_handle(MAKE_DROP, [payload, "speech.wav", "audio/wav"])
+            page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+            page.wait_for_function("window.__sttLog.transcriptions.length === 1", timeout=30000)
+            body = page.evaluate("window.__sttLog.transcriptions[0]")
+            assert body["text"] == expected_upload["text"] and body["words"] == expected_upload["words"]
+            words = body["words"]
+            assert words, "the upload produced no words; the test needs some to click"
+            sync_api.expect(page.locator("#result-text")).to_have_text(body["text"])
+            sync_api.expect(page.locator("#words button.word")).to_have_count(len(words))
+            assert page.locator("#words .word-text").all_inner_texts() == [w["word"] for w in words]
+            times = page.locator("#words .word-time").all_inner_texts()
+            for shown_time, word in zip(times, words, strict=True):
+                minutes, seconds = shown_time.split(":")
+                assert int(minutes) * 60 + float(seconds) == pytest.approx(word["start"], abs=0.006)
+
+            target = max(range(len(words)), key=lambda i: words[i]["start"])  # the latest word: a real seek
+            page.evaluate(
+                "() => { window.__seeks = []; const p = document.getElementById('player');"
+                " p.addEventListener('seeked', () => window.__seeks.push(p.currentTime)); }"
+            )
+            button = page.locator("#words button.word").nth(target)
+            button.focus()
+            page.keyboard.press("Enter")  # keyboard operable: Enter on the word plays from it
+            page.wait_for_function("window.__seeks.length >= 1", timeout=10000)
+            seeked = page.evaluate("window.__seeks[0]")
+            assert seeked == pytest.approx(words[target]["start"], abs=0.02)
+
+            # (c) downloads: SRT, VTT and JSON of the result shown.
+            downloaded: dict[str, str] = {}
+            for kind in ("srt", "vtt", "json"):
+                with page.expect_download() as info:
+                    page.locator(f"button[data-download={kind}]").click()
+                download = info.value
+                assert download.suggested_filename == f"speech.{kind}"
+                downloaded[kind] = Path(download.path()).read_text(encoding="utf-8")
+            assert json.loads(downloaded["json"]) == body
+            check_subtitles(parse_cues(downloaded["srt"]), words)
+            assert downloaded["vtt"].startswith("WEBVTT\n\n")
+            check_subtitles(parse_cues(downloaded["vtt"].removeprefix("WEBVTT\n\n")), words)
+            assert all("," in line for line in downloaded["srt"].splitlines() if "-->" in line)
+
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+            page.emulate_media(color_scheme="dark")
+            page.screenshot(path=str(tmp_path / "page-dark.png"), full_page=True)
+            page.emulate_media(color_scheme="light")
+            (ROOT / ".cache").mkdir(exist_ok=True)
+            for name in ("page.png", "page-dark.png"):
+                shutil.copy(tmp_path / name, ROOT / ".cache" / name)
+            offsite = [
+                u for u in requested if not u.startswith((f"{base}/", f"ws{base[4:]}/", "blob:", "data:"))
+            ]
+            assert not offsite, f"the page loaded something from elsewhere (it must work offline): {offsite}"
+
+            # Errors are shown: the server's {"detail"} for a file it cannot decode, and a denied microphone.
+            junk = base64.b64encode(b"this is not audio " * 40).decode()
+            drop = page.evaluate_handle(MAKE_DROP, [junk, "notes.wav", "audio/wav"])
+            page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+            detail = httpx.post(
+                f"{base}/transcribe", files={"file": ("notes.wav", b"this is not audio " * 40)}
+            ).json()
+            alert = page.get_by_role("alert")
+            sync_api.expect(alert).to_be_visible(timeout=10000)
+            sync_api.expect(alert).to_contain_text(detail["detail"])
+            sync_api.expect(alert).to_contain_text("HTTP 415")
+            page.evaluate(
+                "() => { navigator.mediaDevices.getUserMedia = () =>"
+                " Promise.reject(new DOMException('Permission denied', 'NotAllowedError')); }"
+            )
+            page.get_by_role("button", name="Dismiss").click()
+            page.get_by_role("button", name="Start recording").click()
+            sync_api.expect(alert).to_contain_text("Microphone access was denied")
+            sync_api.expect(page.locator("#record-label")).to_have_text("Start recording")
+        finally:
+            context.close()
+    # The 415 above is the one expected failed load (the browser logs it too); anything else is a problem.
+    problems = [p for p in problems if "415" not in p]
+    assert not problems, problems
