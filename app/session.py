@@ -38,6 +38,11 @@ class StreamSession:
         return self._finished
 
     @property
+    def partial_text(self) -> str:
+        """The latest partial transcript (what `feed` last reported)."""
+        return self._last_partial
+
+    @property
     def audio_seconds(self) -> float:
         return self.samples_in / 16000.0
 

@@ -1,0 +1,112 @@
+"""Websocket /vosk: the protocol of Vosk's server (alphacep/vosk-server, websocket/asr_server.py), so Vosk's
+clients work unchanged.
+
+Client → server: optional `{"config": {"sample_rate": 16000, "words": 1, "format": "webm"}}` (no reply, as
+Vosk), binary frames of s16le mono PCM (or the declared container), `{"eof" : 1}` (final result, then close) and
+`{"reset" : 1}` (final result, the session goes on with fresh state). Control messages are parsed as JSON, not
+compared byte for byte as Vosk does, so `{"eof":1}` works too.
+Server → client: exactly one reply per client message: `{"partial": "..."}` after audio, and
+`{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (or `{"text": ""}`) for eof/reset.
+Vosk's default sample rate is 8000 Hz; so is this endpoint's unless the config says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from app.audio import UnsupportedAudio
+from app.decoding import Transcript
+from app.engine import Engine
+from app.routes.stream import finish_stream
+from app.stream_audio import StreamAudio
+
+router = APIRouter(tags=["streaming"])
+
+VOSK_DEFAULT_RATE = 8000
+
+
+def vosk_result(transcript: Transcript, words: bool) -> dict[str, Any]:
+    if not transcript.text:
+        return {"text": ""}
+    result: dict[str, Any] = {}
+    if words:
+        result["result"] = [
+            {"conf": round(w.confidence, 6), "end": w.end, "start": w.start, "word": w.word}
+            for w in transcript.words
+        ]
+    result["text"] = transcript.text
+    return result
+
+
+@router.websocket("/vosk")
+async def vosk(websocket: WebSocket) -> None:
+    engine: Engine = websocket.app.state.engine
+    await websocket.accept()
+    session = engine.open_stream()
+    audio: StreamAudio | None = None
+    spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
+    words = True
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            if message.get("bytes") is not None:
+                audio = audio or StreamAudio.open(*spec)
+                try:
+                    samples = await run_in_threadpool(audio.push, message["bytes"])
+                except UnsupportedAudio as exc:
+                    await websocket.send_json({"error": str(exc)})
+                    continue
+                await run_in_threadpool(session.feed, samples)
+                await websocket.send_json({"partial": session.partial_text})
+                continue
+            try:
+                control = json.loads(message.get("text") or "")
+                if not isinstance(control, dict):
+                    raise ValueError("a control message is a JSON object")
+            except ValueError as exc:
+                await websocket.send_json({"error": f"not a JSON object: {exc}"})
+                continue
+            if isinstance(control.get("config"), dict):
+                config = control["config"]
+                requested = (str(config.get("format", "pcm")), _as_rate(config.get("sample_rate", spec[1])))
+                try:
+                    opened = StreamAudio.open(*requested)
+                except ValueError as exc:
+                    await websocket.send_json({"error": str(exc)})
+                    continue
+                if audio is not None:
+                    audio.close()
+                audio, spec, words = opened, requested, bool(config.get("words", words))
+                continue  # Vosk answers nothing to a valid config message
+            if control.get("eof") or control.get("reset"):
+                audio = audio or StreamAudio.open(*spec)
+                try:
+                    transcript = await finish_stream(session, audio)
+                except UnsupportedAudio:
+                    transcript = await run_in_threadpool(session.finish)
+                await websocket.send_json(vosk_result(transcript, words))
+                if control.get("eof"):
+                    await websocket.close(1000)
+                    return
+                audio.close()
+                audio, session = StreamAudio.open(*spec), engine.open_stream()
+                continue
+            await websocket.send_json({"error": "expected a config, eof or reset message, or binary audio"})
+    except WebSocketDisconnect:
+        return
+    finally:
+        if audio is not None:
+            audio.close()
+
+
+def _as_rate(value: Any) -> int:
+    # Vosk's clients send the rate as a number, often a float (wave's getframerate() is an int, others not).
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value  # StreamAudio.open rejects anything else with a message

@@ -1,0 +1,183 @@
+"""A stream's incoming bytes → 16 kHz mono float32 samples, for both websocket dialects.
+
+Raw s16le PCM at a declared rate (8–48 kHz, resampled with soxr's streaming resampler, which keeps its filter
+state between frames), or an encoded container as browsers' MediaRecorder produces (`webm`, `ogg`: Opus or
+Vorbis), decoded incrementally by PyAV — the same FFmpeg decoders as uploads.
+
+Why a thread for encoded input: FFmpeg's demuxers pull bytes through a blocking read, while the websocket
+pushes frames as they arrive. A small pipe bridges the two: the decode thread blocks in `read` until the next
+frame (or the end) comes, and decoded samples are handed back on the next `push`.
+"""
+
+from __future__ import annotations
+
+import io
+import queue
+import threading
+
+import av
+import numpy as np
+import soxr
+
+from app.audio import SAMPLE_RATE, UnsupportedAudio, _mono_float
+from app.features import int16_to_float
+
+MIN_RATE, MAX_RATE = 8000, 48000
+ENCODED_FORMATS = {"webm": "webm", "ogg": "ogg"}  # declared name → FFmpeg demuxer
+MAX_QUEUED_BYTES = 8 * 1024 * 1024  # undecoded input a client may get ahead of the decoder
+
+
+class _Resampler:
+    def __init__(self, rate: int) -> None:
+        self._stream = (
+            soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+            if rate != SAMPLE_RATE
+            else None
+        )
+
+    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return samples
+        return np.asarray(self._stream.resample_chunk(samples, last=last), np.float32)
+
+
+class StreamAudio:
+    """Interface of both kinds: `push(bytes) → samples`, `finish() → samples`, `close()`."""
+
+    def push(self, data: bytes) -> np.ndarray:
+        raise NotImplementedError
+
+    def finish(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free what the input holds (threads); safe to call more than once."""
+
+    @staticmethod
+    def open(audio_format: str = "pcm", sample_rate: int = SAMPLE_RATE) -> StreamAudio:
+        """The input a client declared; ValueError with a message for the client if the declaration is bad."""
+        if audio_format == "pcm":
+            if (
+                isinstance(sample_rate, bool)
+                or not isinstance(sample_rate, int)
+                or not MIN_RATE <= sample_rate <= MAX_RATE
+            ):
+                raise ValueError(
+                    f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE}, got {sample_rate!r}"
+                )
+            return PcmInput(sample_rate)
+        if audio_format in ENCODED_FORMATS:
+            return EncodedInput(ENCODED_FORMATS[audio_format])
+        raise ValueError(f"format must be pcm, webm or ogg, got {audio_format!r}")
+
+
+class PcmInput(StreamAudio):
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self._resample = _Resampler(rate)
+
+    def push(self, data: bytes) -> np.ndarray:
+        if len(data) % 2:
+            raise UnsupportedAudio(f"odd frame of {len(data)} bytes; send s16le PCM (2 bytes a sample)")
+        return self._resample(int16_to_float(data))
+
+    def finish(self) -> np.ndarray:
+        return self._resample(np.zeros(0, np.float32), last=True)
+
+
+class _Pipe(io.RawIOBase):
+    """Blocking byte pipe: the websocket side writes, FFmpeg's demuxer reads; None marks the end."""
+
+    def __init__(self) -> None:
+        self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._buffer = b""
+        self._ended = False
+        self.queued = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def write_chunk(self, data: bytes | None) -> None:
+        if data is not None:
+            self.queued += len(data)
+        self._chunks.put(data)
+
+    def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
+        while not self._buffer:
+            if self._ended:
+                return 0
+            chunk = self._chunks.get()
+            if chunk is None:
+                self._ended = True
+                return 0
+            self._buffer = chunk
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        self.queued -= n
+        return n
+
+
+class EncodedInput(StreamAudio):
+    def __init__(self, demuxer: str) -> None:
+        self._pipe = _Pipe()
+        self._demuxer = demuxer
+        self._out: queue.Queue[np.ndarray] = queue.Queue()
+        self._error: Exception | None = None
+        self._resample: _Resampler | None = None
+        self._thread = threading.Thread(target=self._decode, name=f"decode-{demuxer}", daemon=True)
+        self._thread.start()
+
+    def _decode(self) -> None:
+        try:
+            # Tiny probe: the codec parameters are in the container header; the default probe would wait for
+            # seconds of audio before the first sample comes out.
+            with av.open(
+                self._pipe,
+                mode="r",
+                format=self._demuxer,
+                options={"probesize": "32", "analyzeduration": "0"},
+            ) as container:
+                if not container.streams.audio:
+                    raise UnsupportedAudio(f"the {self._demuxer} stream holds no audio track")
+                for frame in container.decode(audio=0):
+                    if self._resample is None:
+                        self._resample = _Resampler(frame.sample_rate)
+                    self._out.put(self._resample(_mono_float(frame)))
+                if self._resample is not None:
+                    self._out.put(self._resample(np.zeros(0, np.float32), last=True))
+        except (av.FFmpegError, UnsupportedAudio, ValueError) as exc:
+            self._error = exc
+        finally:
+            while True:  # drain what the client still sends so its writes never pile up
+                try:
+                    if self._pipe._chunks.get_nowait() is None:
+                        break
+                except queue.Empty:
+                    break
+
+    def _drain(self) -> np.ndarray:
+        parts = []
+        while True:
+            try:
+                parts.append(self._out.get_nowait())
+            except queue.Empty:
+                break
+        if self._error is not None and not parts:
+            raise UnsupportedAudio(f"cannot decode the {self._demuxer} stream ({self._error})")
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def push(self, data: bytes) -> np.ndarray:
+        if self._pipe.queued + len(data) > MAX_QUEUED_BYTES:
+            raise UnsupportedAudio("the decoder is too far behind the input; send audio at most in real time")
+        self._pipe.write_chunk(data)
+        return self._drain()
+
+    def finish(self) -> np.ndarray:
+        self._pipe.write_chunk(None)
+        self._thread.join(timeout=30)
+        return self._drain()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._pipe.write_chunk(None)
