@@ -6,6 +6,9 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.routes.openai import PREFIX as OPENAI_PREFIX
+from app.routes.openai import error_body
+
 
 class _BodyTooLarge(Exception):
     pass
@@ -28,7 +31,7 @@ class UploadLimit:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._reject(send)
+            await self._reject(scope, send)
             return
         received = 0
         tripped = False
@@ -52,14 +55,14 @@ class UploadLimit:
         except _BodyTooLarge:
             pass
         if tripped:
-            await self._reject(send)
+            await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
-        body = json.dumps(
-            {
-                "detail": f"upload larger than {self.max_bytes} bytes; raise DS_MAX_UPLOAD_BYTES or send less audio"
-            }
-        ).encode()
+    async def _reject(self, scope: Scope, send: Send) -> None:
+        message = f"upload larger than {self.max_bytes} bytes; raise DS_MAX_UPLOAD_BYTES or send less audio"
+        payload: dict[str, object] = {"detail": message}
+        if scope["path"].startswith(OPENAI_PREFIX):  # the OpenAI-compatible routes answer in OpenAI's shape
+            payload = dict(error_body(message, param="file", code="request_too_large"))
+        body = json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",

@@ -16,7 +16,7 @@ from app.engine import Engine
 from app.errors import install_error_handlers
 from app.limits import UploadLimit
 from app.model_dir import ModelDirectoryError
-from app.routes import info, page, stream, transcribe, vosk
+from app.routes import info, openai, page, stream, transcribe, vosk
 from app.runtime import CoreMLUnavailable
 from app.settings import Settings
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     install_error_handlers(app)
     app.include_router(transcribe.router)
+    app.include_router(openai.router)
     app.include_router(stream.router)
     app.include_router(vosk.router)
     app.include_router(info.router)

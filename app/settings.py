@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     use_scorer: bool = True
     lm_alpha: float | None = Field(None, description="override the scorer's alpha")
     lm_beta: float | None = Field(None, description="override the scorer's beta")
+    language: str = Field(
+        "en", description="ISO-639-1 code of the model's language; /v1/audio/transcriptions rejects others"
+    )
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="upload cap in bytes (413 above it)")
     max_audio_seconds: float = Field(
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"

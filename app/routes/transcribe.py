@@ -1,14 +1,16 @@
-"""POST /transcribe: a whole upload through the dynamic model."""
+"""POST /transcribe: a whole upload through the dynamic model; JSON by default, or `?format=text|srt|vtt`."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Request, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from app import subtitles
 from app.audio import decode_audio
 from app.engine import Engine
 
@@ -33,19 +35,45 @@ class TranscriptionResponse(BaseModel):
     processing_seconds: float
 
 
-@router.post("/transcribe", response_model=TranscriptionResponse)
+OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "`format=json` (default): the JSON above; `text`: the transcript as text/plain; "
+        "`srt` / `vtt`: subtitles, one cue per segment (split at pauses, ≤ 7 s, ≤ 2 lines of 42 characters)",
+        "content": {
+            "text/plain": {"schema": {"type": "string"}},
+            subtitles.SRT_MEDIA_TYPE: {"schema": {"type": "string"}},
+            subtitles.VTT_MEDIA_TYPE: {"schema": {"type": "string"}},
+        },
+    },
+    400: {"description": 'empty audio: `{"detail": ...}`'},
+    413: {"description": "upload over DS_MAX_UPLOAD_BYTES, or audio over the duration cap"},
+    415: {"description": "audio that cannot be decoded"},
+}
+
+
+@router.post("/transcribe", response_model=TranscriptionResponse, responses=OTHER_FORMATS)
 async def transcribe(
     request: Request,
     file: Annotated[
-        UploadFile, File(description="audio: WAV, FLAC, OGG (Vorbis/Opus) or MP3; any rate, mono or stereo")
+        UploadFile,
+        File(description="audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus) or WebM; any rate, any channels"),
     ],
-) -> TranscriptionResponse:
+    format: Annotated[Literal["json", "text", "srt", "vtt"], Query(description="response format")] = "json",
+) -> TranscriptionResponse | Response:
     """Transcribe one file: decode, resample to 16 kHz mono, run the model over all of it, beam-search decode."""
     engine: Engine = request.app.state.engine
     data = await file.read()
-    samples, duration = await run_in_threadpool(decode_audio, data)
+    samples, duration = await run_in_threadpool(
+        decode_audio, data, request.app.state.settings.max_audio_seconds
+    )
     result = await run_in_threadpool(engine.transcribe, samples)
     transcript = result.transcript
+    if format == "text":
+        return PlainTextResponse(transcript.text + "\n")
+    if format == "srt":
+        return Response(subtitles.srt(transcript.words), media_type=subtitles.SRT_MEDIA_TYPE)
+    if format == "vtt":
+        return Response(subtitles.vtt(transcript.words), media_type=subtitles.VTT_MEDIA_TYPE)
     return TranscriptionResponse(
         text=transcript.text,
         duration=round(duration, 3),
