@@ -36,7 +36,7 @@ def vosk_session(client: TestClient, pcm: bytes, rate: int, frame_seconds: float
     replies = []
     frame = int(rate * frame_seconds) * 2
     with client.websocket_connect("/vosk") as ws:
-        ws.send_text('{ "config" : { "sample_rate" : ' + str(rate) + ' } }')
+        ws.send_text('{ "config" : { "sample_rate" : ' + str(rate) + " } }")
         for start in range(0, len(pcm), frame):
             ws.send_bytes(pcm[start : start + frame])
             replies.append(ws.receive_json())
