@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-from app.decoding import Decoder, Transcript, build_decoder
+from app.decoding import Decoder, HotWords, Transcript, build_decoder
 from app.features import context_window_blocks, mfcc
 from app.model_dir import ModelDirectory, load_model_directory
 from app.runtime import AcousticModel, LstmState, load_acoustic_model
@@ -56,23 +57,35 @@ class Engine:
             )
         return cls(model_dir, model, decoder)
 
-    def transcribe(self, samples: np.ndarray) -> Transcription:
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        *,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
+    ) -> Transcription:
         """Whole file: features, the dynamic model in windows of ≤ max_steps with state carried, one decode.
 
         Context windows are built one model window at a time (19×26 floats per step would otherwise be ~355 MB
         per hour of audio); only the MFCC frames and the probabilities are held for the whole file.
+        `hot_words` ({word: boost}) and `alternatives` (N-best) are checked before the model runs: invalid ones
+        raise HotWordError / DecodeOptionError (ValueErrors; HTTP 422).
         """
+        hot = self.decoder.check_options(hot_words=hot_words, alternatives=alternatives)
         started = time.monotonic()
         state = LstmState.zeros(self.model.n_cell_dim)
         parts = [np.zeros((0, self.model.n_classes), np.float32)]
         for windows in context_window_blocks(mfcc(samples), self.model.max_steps):
             probs, state = self.model.run_window(windows, state)
             parts.append(probs)
-        transcript = self.decoder.decode(np.concatenate(parts))
+        transcript = self.decoder.decode(np.concatenate(parts), hot_words=hot, alternatives=alternatives)
         return Transcription(transcript, len(samples) / 16000.0, time.monotonic() - started)
 
-    def open_stream(self) -> StreamSession:
-        return StreamSession(self.model, self.decoder.stream())
+    def open_stream(
+        self, *, hot_words: Mapping[str, float] | HotWords | None = None, alternatives: int = 1
+    ) -> StreamSession:
+        """A new stream with its own state, hot words and N-best setting (invalid ones raise at once)."""
+        return StreamSession(self.model, self.decoder.stream(hot_words=hot_words, alternatives=alternatives))
 
     def info(self) -> dict[str, object]:
         manifest = self.model_dir.manifest

@@ -1,7 +1,14 @@
-"""CTC decoding behind one small interface: whole-input `decode` and incremental `stream`, greedy or beam+LM."""
+"""CTC decoding behind one small interface: whole-input `decode` and incremental `stream`, greedy or beam+LM.
+
+Per-request options, on both: `hot_words` ({word: boost}, see hotwords.py and beam.py) and, for `decode` and
+`stream`, `alternatives` (N-best). Invalid options raise `HotWordError` / `DecodeOptionError` (ValueErrors with
+a message for the client; the web layer answers 422), before any audio is decoded.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -10,14 +17,46 @@ import numpy as np
 from app.alphabet import Alphabet
 from app.decoding.beam import BeamDecoder, BeamOptions, Scorer
 from app.decoding.greedy import GreedyStream, greedy_decode
+from app.decoding.hotwords import (
+    DEFAULT_BOOST,
+    MAX_ALTERNATIVES,
+    MAX_BOOST,
+    MAX_HOT_WORDS,
+    DecodeOptionError,
+    HotWordError,
+    HotWords,
+    parse_hot_words,
+    phrase_list_hot_words,
+    validate_alternatives,
+    validate_hot_words,
+)
 from app.decoding.scorer_file import ScorerError
-from app.decoding.timings import Transcript, Word
+from app.decoding.timings import Alternative, Transcript, Word
 
 if TYPE_CHECKING:
     from app.model_dir import ModelDirectory
     from app.settings import Settings
 
-__all__ = ["Decoder", "DecoderStream", "ScorerError", "Transcript", "Word", "build_decoder"]
+__all__ = [
+    "DEFAULT_BOOST",
+    "MAX_ALTERNATIVES",
+    "MAX_BOOST",
+    "MAX_HOT_WORDS",
+    "Alternative",
+    "DecodeOptionError",
+    "Decoder",
+    "DecoderStream",
+    "HotWordError",
+    "HotWords",
+    "ScorerError",
+    "Transcript",
+    "Word",
+    "build_decoder",
+    "parse_hot_words",
+    "phrase_list_hot_words",
+]
+
+HotWordsArg = Mapping[str, float] | HotWords | None
 
 
 class DecoderStream(Protocol):
@@ -31,14 +70,29 @@ class DecoderStream(Protocol):
 class Decoder(Protocol):
     description: str
 
-    def decode(self, probs: np.ndarray) -> Transcript: ...
-    def stream(self) -> DecoderStream: ...
+    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+        """Validate per-request options (raise HotWordError / DecodeOptionError); cheap, no decoding."""
+        ...
+
+    def decode(
+        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+    ) -> Transcript: ...
+
+    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream: ...
     def describe(self) -> dict[str, object]: ...
 
 
+def _single_alternative(transcript: Transcript, alternatives: int) -> Transcript:
+    # Greedy decoding has one candidate: asked for N-best, it answers that one (share of the beam: all of it).
+    if alternatives == 1:
+        return transcript
+    return replace(transcript, alternatives=(Alternative(transcript.text, 1.0, transcript.words),))
+
+
 class _GreedyDecoderStream:
-    def __init__(self, alphabet: Alphabet) -> None:
+    def __init__(self, alphabet: Alphabet, alternatives: int = 1) -> None:
         self._stream = GreedyStream(alphabet)
+        self._alternatives = alternatives
 
     def feed(self, probs: np.ndarray) -> None:
         self._stream.feed(probs)
@@ -47,7 +101,7 @@ class _GreedyDecoderStream:
         return self._stream.result().transcript
 
     def finish(self) -> Transcript:
-        return self._stream.result().transcript
+        return _single_alternative(self._stream.result().transcript, self._alternatives)
 
 
 class GreedyDecoder:
@@ -58,11 +112,24 @@ class GreedyDecoder:
     def __init__(self, alphabet: Alphabet) -> None:
         self.alphabet = alphabet
 
-    def decode(self, probs: np.ndarray) -> Transcript:
-        return greedy_decode(probs, self.alphabet).transcript
+    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+        hot = validate_hot_words(hot_words, self.alphabet)
+        validate_alternatives(alternatives)
+        if hot:
+            raise HotWordError(
+                "hot words need the beam-search decoder; this server decodes greedily (DS_DECODER=greedy)"
+            )
+        return hot
 
-    def stream(self) -> DecoderStream:
-        return _GreedyDecoderStream(self.alphabet)
+    def decode(
+        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+    ) -> Transcript:
+        self.check_options(hot_words=hot_words, alternatives=alternatives)
+        return _single_alternative(greedy_decode(probs, self.alphabet).transcript, alternatives)
+
+    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream:
+        self.check_options(hot_words=hot_words, alternatives=alternatives)
+        return _GreedyDecoderStream(self.alphabet, alternatives)
 
     def describe(self) -> dict[str, object]:
         return {"kind": "greedy"}
@@ -72,16 +139,24 @@ class BeamSearchDecoder:
     """flashlight-text beam search, with the KenLM scorer's vocabulary and weights when one is loaded."""
 
     def __init__(self, alphabet: Alphabet, scorer: Scorer | None, beam_width: int) -> None:
+        self.alphabet = alphabet
         self.scorer = scorer
         self.beam = BeamDecoder(alphabet, scorer, BeamOptions(beam_width=beam_width))
         lm = f"kenlm {scorer.path.name}" if scorer is not None else "no LM"
         self.description = f"beam {beam_width}, {lm}"
 
-    def decode(self, probs: np.ndarray) -> Transcript:
-        return self.beam.decode(probs)
+    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+        hot = validate_hot_words(hot_words, self.alphabet)
+        validate_alternatives(alternatives)
+        return hot
 
-    def stream(self) -> DecoderStream:
-        return self.beam.stream()
+    def decode(
+        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+    ) -> Transcript:
+        return self.beam.decode(probs, hot_words=hot_words, alternatives=alternatives)
+
+    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream:
+        return self.beam.stream(hot_words=hot_words, alternatives=alternatives)
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {"kind": "beam", "beam_width": self.beam.options.beam_width}

@@ -16,17 +16,53 @@ Mapping DeepSpeech's decoder (`native_client/ctcdecode`) onto flashlight's Lexic
   ends inside a complete vocabulary word closes it and gets its LM score; one at a boundary is unaffected.
 - Differences we accept: flashlight smears unigram scores through the trie as a look-ahead, adds the
   end-of-sentence LM score at decode_end, and prunes with beam_threshold; upstream does none of these.
+
+Hot words (per request or stream; validated in hotwords.py):
+- DeepSpeech 0.9 (ctc_beam_search_decoder.cpp, DecoderState::next) adds a hot word's boost where a word
+  completes: score = (ln P_lm(ngram) + sum of the boosts of the hot words in the ngram) * alpha + beta. We add
+  the same alpha * boost when the hot word completes, through `HotWordLM`, a thin flashlight LM around the
+  shared KenLM that returns log10 P + boost / ln(10) for hot words (lm_weight = alpha * ln 10, so exactly
+  alpha * boost nats). Difference: upstream re-adds the boost while the word stays in the n-gram window (for
+  each of the next order - 1 words too); we add it once, so its effect does not depend on the LM's order or on
+  what follows. Upstream also skips the boost when the last word is scored at the end of input; we do not.
+- Why not raise the hot word's trie score: in flashlight's LexiconDecoder the trie score is only a look-ahead.
+  Each letter adds lm_weight * (node max - previous node max) and the word's completion adds lm_weight *
+  (LM score - previous node max), so the trie scores cancel out and a word's total is its LM score whatever
+  the trie says. The boost has to come from the LM at completion, as upstream does.
+- Words missing from the scorer's vocabulary: the LexiconDecoder can only spell what its trie holds, so such
+  a request gets a trie of the vocabulary plus those words (labels after <unk>). flashlight's Python binding
+  cannot copy or share trie nodes (TrieNode.children / Trie.get_root hand C++-owned nodes to Python, which frees
+  them: a double free), so that trie is built in full, O(vocabulary) (~0.07 s at 20k words), and cached per set
+  of missing words (OOV_TRIE_CACHE_SIZE, LRU); in-vocabulary hot words need no trie at all. HotWordLM scores a
+  missing word as KenLM's <unk> (whose mass stands for every unseen word), floored at the rarest vocabulary
+  word's unigram, plus the boost; that floor is also its trie look-ahead, independent of the boost, so the
+  cached trie serves any boosts.
+- The shared Scorer (KenLM, base trie) is never modified: requests without hot words use it directly; others
+  get their own HotWordLM (their boosts) and a trie that is either the base one or an immutable cached one.
+- Without a scorer (lexicon-free search with no LM) nothing completes "words" inside the search, and a Python
+  per-token LM would be called beam x classes times per frame (far too slow). There hot words rescore the final
+  beam instead: each of the best RESCORE_HYPOTHESES hypotheses gains `boost` nats per occurrence of a hot word,
+  and the best after that wins. It picks a hot word's spelling only if the search kept it, and does not affect
+  partial results or text already committed by pruning (long streams).
+
+N-best: after decode_end, flashlight's final hypotheses, best first, deduplicated by text; confidence =
+exp(score - logsumexp(scores of all final hypotheses)) (see timings.Alternative).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flashlight.lib.text.decoder import (
+    LM,
     CriterionType,
     DecodeResult,
     LexiconDecoder,
@@ -45,12 +81,15 @@ from flashlight.lib.text.dictionary import Dictionary
 
 from app.alphabet import ENGLISH, Alphabet
 from app.decoding.greedy import check_probs, ctc_collapse
+from app.decoding.hotwords import NO_HOT_WORDS, HotWords, validate_alternatives, validate_hot_words
 from app.decoding.scorer_file import read_scorer
-from app.decoding.timings import CharToken, Transcript, transcript_from_tokens
+from app.decoding.timings import Alternative, CharToken, Transcript, transcript_from_tokens
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # upstream's NUM_FLT_MIN
 LN10 = math.log(10.0)
 UNK = "<unk>"
+OOV_TRIE_CACHE_SIZE = 4  # tries for sets of out-of-vocabulary hot words; each is as big as the base trie
+RESCORE_HYPOTHESES = 128  # lexicon-free search: final hypotheses rescored with hot words
 
 
 @dataclass(frozen=True)
@@ -96,12 +135,24 @@ class Scorer:
         self.lm = KenLM(str(self.path), self.words)
         # Lexicon trie. Leaf score = the word's unigram log10 P after <s>, smeared up with MAX so partial words
         # carry a look-ahead estimate (flashlight's documented recipe).
-        self.trie = Trie(alphabet.n_classes, alphabet.space_index)
         start = self.lm.start(False)
-        for i, word in enumerate(self.vocabulary):
-            _, score = self.lm.score(start, i)
-            self.trie.insert([*alphabet.encode(word), alphabet.space_index], i, score)
-        self.trie.smear(SmearingMode.MAX)
+        self.unigrams = tuple(float(self.lm.score(start, i)[1]) for i in range(len(self.vocabulary)))
+        # LM score floor (and trie look-ahead) of a hot word missing from the vocabulary: the rarest word's.
+        self.oov_floor = min(self.unigrams, default=float(self.lm.score(start, self.unk_index)[1]))
+        self.trie = self.build_trie()
+
+    def build_trie(self, extra: Sequence[tuple[str, int, float]] = ()) -> Trie:
+        """A new lexicon trie: the vocabulary (label = word index, score = unigram) plus `extra` (word, label,
+        score) entries, smeared with MAX. Leaves `self.trie` alone."""
+        index = {label: i for i, label in enumerate(self.alphabet.labels)}
+        space = self.alphabet.space_index
+        trie = Trie(self.alphabet.n_classes, space)
+        for i, (word, score) in enumerate(zip(self.vocabulary, self.unigrams, strict=True)):
+            trie.insert([*(index[ch] for ch in word), space], i, score)
+        for word, label, score in extra:
+            trie.insert([*(index[ch] for ch in word), space], label, score)
+        trie.smear(SmearingMode.MAX)
+        return trie
 
     @property
     def lm_weight(self) -> float:
@@ -112,6 +163,37 @@ class Scorer:
     def word_score(self) -> float:
         """flashlight's per-word insertion score: DeepSpeech's beta, unchanged."""
         return self.beta
+
+
+class HotWordLM(LM):  # type: ignore[misc]
+    """The scorer's KenLM with one request's hot-word boosts (module docstring: how they map to DeepSpeech's).
+
+    `boosts`: trie label -> boost in log10 units (boost / ln 10); `oov`: labels of hot words missing from the
+    vocabulary, scored as KenLM's <unk> floored at `Scorer.oov_floor`. Holds no mutable state (LM states are
+    KenLM's, created per decoder), so it never leaks one request's words into another's search.
+    """
+
+    def __init__(self, scorer: Scorer, boosts: dict[int, float], oov: frozenset[int]) -> None:
+        LM.__init__(self)
+        self._lm = scorer.lm
+        self._unk = scorer.unk_index
+        self._floor = scorer.oov_floor
+        self._boosts = boosts
+        self._oov = oov
+
+    def start(self, start_with_nothing: bool) -> Any:
+        return self._lm.start(start_with_nothing)
+
+    def score(self, state: Any, token_index: int) -> tuple[Any, float]:
+        if token_index in self._oov:
+            next_state, score = self._lm.score(state, self._unk)
+            return next_state, max(score, self._floor) + self._boosts[token_index]
+        next_state, score = self._lm.score(state, token_index)
+        boost = self._boosts.get(token_index)
+        return next_state, score if boost is None else score + boost
+
+    def finish(self, state: Any) -> tuple[Any, float]:
+        return self._lm.finish(state)
 
 
 def _emissions(probs: np.ndarray) -> np.ndarray:
@@ -133,8 +215,41 @@ class BeamDecoder:
         self.scorer = scorer
         self.options = options or BeamOptions()
         self._zero_lm = ZeroLM() if scorer is None else None
+        self._oov_tries: OrderedDict[tuple[str, ...], Trie] = OrderedDict()
+        self._oov_lock = threading.Lock()
 
-    def _new_decoder(self) -> LexiconDecoder | LexiconFreeDecoder:
+    def _lexicon(self, hot: HotWords) -> tuple[Trie, Any]:
+        """The trie and LM for a search with these hot words (the shared ones when there are none)."""
+        s = self.scorer
+        assert s is not None
+        if not hot:
+            return s.trie, s.lm
+        oov = tuple(word for word in hot.words if not s.words.contains(word))  # sorted, as hot.words
+        first_oov = len(s.vocabulary) + 1  # labels after the vocabulary and <unk>
+        labels = {word: first_oov + k for k, word in enumerate(oov)}
+        boosts: dict[int, float] = {}
+        for word, boost in hot.items:
+            boosts[labels[word] if word in labels else s.words.get_index(word)] = boost / LN10
+        trie = self._oov_trie(oov) if oov else s.trie
+        return trie, HotWordLM(s, boosts, frozenset(labels.values()))
+
+    def _oov_trie(self, oov: tuple[str, ...]) -> Trie:
+        """Vocabulary + these missing words (labels in order after <unk>), built once per set, LRU-cached."""
+        s = self.scorer
+        assert s is not None
+        with self._oov_lock:
+            trie = self._oov_tries.get(oov)
+            if trie is None:
+                first = len(s.vocabulary) + 1
+                trie = s.build_trie([(word, first + k, s.oov_floor) for k, word in enumerate(oov)])
+                self._oov_tries[oov] = trie
+                while len(self._oov_tries) > OOV_TRIE_CACHE_SIZE:
+                    self._oov_tries.popitem(last=False)
+            else:
+                self._oov_tries.move_to_end(oov)
+            return trie
+
+    def _new_decoder(self, trie: Trie | None = None, lm: Any = None) -> LexiconDecoder | LexiconFreeDecoder:
         opt, a = self.options, self.alphabet
         if self.scorer is None:
             free = LexiconFreeDecoderOptions(
@@ -142,6 +257,8 @@ class BeamDecoder:
             )
             return LexiconFreeDecoder(free, self._zero_lm, a.space_index, a.blank_index, [])
         s = self.scorer
+        trie = s.trie if trie is None else trie
+        lm = s.lm if lm is None else lm
         lex = LexiconDecoderOptions(
             opt.beam_width,
             opt.cutoff_top_n,
@@ -153,15 +270,27 @@ class BeamDecoder:
             True,  # log_add: merge identical prefixes by summing, as prefix beam search does
             CriterionType.CTC,
         )
-        return LexiconDecoder(lex, s.trie, s.lm, a.space_index, a.blank_index, s.unk_index, [], False)
+        return LexiconDecoder(lex, trie, lm, a.space_index, a.blank_index, s.unk_index, [], False)
 
-    def stream(self) -> BeamStream:
-        """Start an incremental decode (one per audio stream)."""
-        return BeamStream(self)
+    def stream(
+        self, *, hot_words: Mapping[str, float] | HotWords | None = None, alternatives: int = 1
+    ) -> BeamStream:
+        """Start an incremental decode (one per audio stream), with its own hot words and N for N-best.
 
-    def decode(self, probs: np.ndarray) -> Transcript:
+        Raises HotWordError / DecodeOptionError (ValueErrors) for invalid options.
+        """
+        hot = validate_hot_words(hot_words, self.alphabet)
+        return BeamStream(self, hot, validate_alternatives(alternatives))
+
+    def decode(
+        self,
+        probs: np.ndarray,
+        *,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
+    ) -> Transcript:
         """Decode a whole utterance."""
-        stream = self.stream()
+        stream = self.stream(hot_words=hot_words, alternatives=alternatives)
         stream.feed(probs, prune=False)
         return stream.finish()
 
@@ -176,10 +305,16 @@ class BeamStream:
     their histories, so the committed prefix is the best path at pruning time and is never revised.
     """
 
-    def __init__(self, decoder: BeamDecoder) -> None:
+    def __init__(
+        self, decoder: BeamDecoder, hot_words: HotWords = NO_HOT_WORDS, alternatives: int = 1
+    ) -> None:
         self._owner = decoder
         self._alphabet = decoder.alphabet
-        self._decoder = decoder._new_decoder()
+        self._hot = hot_words
+        self._alternatives = alternatives
+        # Keep this stream's trie and LM referenced for as long as its C++ decoder uses them.
+        self._lexicon = decoder._lexicon(hot_words) if decoder.scorer is not None else None
+        self._decoder = decoder._new_decoder(*(self._lexicon or ()))
         self._decoder.decode_begin()
         self._frames = 0  # frames fed
         self._pruned = 0  # frames whose path is committed (flashlight's nPrunedFrames_)
@@ -228,11 +363,23 @@ class BeamStream:
         hyps = self._decoder.get_all_final_hypothesis()
         return max(hyps, key=lambda h: h.score) if hyps else None
 
-    def _transcript(self, tokens_after_pruned: list[int]) -> Transcript:
+    def _tail(self, tokens_after_pruned: Sequence[int]) -> list[int]:
+        # DecodeResult pads unreached frames with -1; read those as blank rather than index from the end.
+        blank = self._alphabet.blank_index
+        return [tok if tok >= 0 else blank for tok in tokens_after_pruned[: self._frames - self._pruned]]
+
+    def _text(self, tokens_after_pruned: Sequence[int]) -> str:
+        """Normalised text of a hypothesis (committed path + its tokens), without timings."""
+        path = np.asarray(self._committed_path + self._tail(tokens_after_pruned), dtype=np.int64)
+        labels = self._alphabet.labels
+        return " ".join(
+            "".join(labels[lab] for lab, _ in ctc_collapse(path, self._alphabet.blank_index)).split()
+        )
+
+    def _transcript(self, tokens_after_pruned: Sequence[int]) -> Transcript:
         n_pending = self._frames - self._pruned
         blank = self._alphabet.blank_index
-        # DecodeResult pads unreached frames with -1; read those as blank rather than index from the end.
-        tail = [tok if tok >= 0 else blank for tok in tokens_after_pruned[:n_pending]]
+        tail = self._tail(tokens_after_pruned)
         path = np.asarray(self._committed_path + tail, dtype=np.int64)
         conf_parts = list(self._committed_conf)
         if n_pending:
@@ -263,10 +410,45 @@ class BeamStream:
         self._decoder.decode_end()
         # Not get_best_hypothesis(0): it cuts the path back to the last word boundary, and we want every
         # frame's token for the confidences. After decode_end the final hypotheses come sorted, best first.
-        hyps = self._decoder.get_all_final_hypothesis()
-        best_tokens = list(hyps[0].tokens[1:]) if hyps else []
+        ranked = self._ranked(self._decoder.get_all_final_hypothesis())
+        best_tokens = list(ranked[0][1].tokens[1:]) if ranked else []
         # Buffer layout: [0] committed/initial state, [1..n] real frames, then (with a scorer) the separator
         # frame, and decode_end's closing step; _transcript keeps the n real frames only.
-        self._finished = self._transcript(best_tokens)
+        transcript = self._transcript(best_tokens)
+        if self._alternatives > 1:
+            transcript = replace(transcript, alternatives=self._n_best(ranked, transcript))
+        self._finished = transcript
         self._pending = []
         return self._finished
+
+    def _ranked(self, hyps: list[DecodeResult]) -> list[tuple[float, DecodeResult]]:
+        """(score, hypothesis), best first; without a scorer, hot words rescore the best RESCORE_HYPOTHESES."""
+        if self._owner.scorer is not None or not self._hot:
+            ranked = [(float(h.score), h) for h in hyps]
+        else:
+            boosts = self._hot.as_dict()
+            ranked = []
+            for h in hyps[:RESCORE_HYPOTHESES]:
+                words = self._text(list(h.tokens[1:])).split()
+                ranked.append((float(h.score) + sum(boosts.get(w, 0.0) for w in words), h))
+        ranked.sort(key=lambda pair: -pair[0])  # stable: ties keep flashlight's order
+        return ranked
+
+    def _n_best(self, ranked: list[tuple[float, DecodeResult]], best: Transcript) -> tuple[Alternative, ...]:
+        """Up to N distinct texts, best first, with their share of the final beam's score mass."""
+        if not ranked:
+            return (Alternative(best.text, 1.0, best.words),)
+        scores = np.array([score for score, _ in ranked])
+        top = scores.max()
+        total = float(top + np.log(np.exp(scores - top).sum()))
+        out: list[Alternative] = []
+        seen: set[str] = set()
+        for score, hyp in ranked:
+            transcript = best if not out else self._transcript(list(hyp.tokens[1:]))
+            if transcript.text in seen:
+                continue
+            seen.add(transcript.text)
+            out.append(Alternative(transcript.text, math.exp(score - total), transcript.words))
+            if len(out) == self._alternatives:
+                break
+        return tuple(out)

@@ -45,16 +45,43 @@ class Word:
 
 
 @dataclass(frozen=True)
+class Alternative:
+    """One of the N best transcripts (Vosk's `max_alternatives`, DeepSpeech's `num_results`).
+
+    confidence: the share of the final beam's score mass held by this text's best hypothesis,
+    exp(score - logsumexp(all final hypotheses' scores)), where a score is flashlight's total (acoustic log
+    probability + alpha * LM log probability + beta per word + hot-word boosts). So it is 0..1, comparable
+    across the alternatives of one decode (they are sorted by it and sum to at most 1), but not with
+    Transcript.confidence, which is the mean acoustic probability of the chosen path.
+    """
+
+    text: str
+    confidence: float
+    words: tuple[Word, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"text": self.text, "confidence": self.confidence, "words": [asdict(w) for w in self.words]}
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """Decoder output: normalised text (words joined by one space), its words, and a 0..1 confidence."""
+    """Decoder output: normalised text (words joined by one space), its words, and a 0..1 confidence.
+
+    alternatives: empty unless more than one was asked for; then the N best distinct texts, best first
+    (alternatives[0].text == text), possibly fewer when the search holds fewer.
+    """
 
     text: str
     words: tuple[Word, ...]
     confidence: float
+    alternatives: tuple[Alternative, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form for the web layer."""
-        return {"text": self.text, "words": [asdict(w) for w in self.words], "confidence": self.confidence}
+        """JSON-ready form for the web layer (`alternatives` only when there are some)."""
+        out = {"text": self.text, "words": [asdict(w) for w in self.words], "confidence": self.confidence}
+        if self.alternatives:
+            out["alternatives"] = [a.to_dict() for a in self.alternatives]
+        return out
 
 
 EMPTY = Transcript("", (), 0.0)
