@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
+from app.decoding import DecodeOptionError
 from app.runtime import InferenceError
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ STATUS = {
     UnsupportedAudio: 415,
     UploadTooLarge: 413,
     AudioTooLong: 413,
+    DecodeOptionError: 422,
 }
 
 

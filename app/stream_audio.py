@@ -6,7 +6,8 @@ Vorbis), decoded incrementally by PyAV — the same FFmpeg decoders as uploads.
 
 Why a thread for encoded input: FFmpeg's demuxers pull bytes through a blocking read, while the websocket
 pushes frames as they arrive. A small pipe bridges the two: the decode thread blocks in `read` until the next
-frame (or the end) comes, and decoded samples are handed back on the next `push`.
+frame (or the end) comes; `push` returns once the decoder has taken the frame's bytes and asks for more, with
+the samples they yielded.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import io
 import queue
 import threading
+from collections import deque
 
 import av
 import numpy as np
@@ -24,7 +26,7 @@ from app.features import int16_to_float
 
 MIN_RATE, MAX_RATE = 8000, 48000
 ENCODED_FORMATS = {"webm": "webm", "ogg": "ogg"}  # declared name → FFmpeg demuxer
-MAX_QUEUED_BYTES = 8 * 1024 * 1024  # undecoded input a client may get ahead of the decoder
+DECODE_TIMEOUT = 30.0  # seconds a push waits for the decoder to take its bytes
 
 
 class _Resampler:
@@ -86,27 +88,51 @@ class PcmInput(StreamAudio):
 
 
 class _Pipe(io.RawIOBase):
-    """Blocking byte pipe: the websocket side writes, FFmpeg's demuxer reads; None marks the end."""
+    """Blocking byte pipe: the websocket side writes, FFmpeg's demuxer reads; None marks the end.
+
+    The writer can wait until the reader has taken everything and asks for more (`wait_idle`), so after a push
+    every sample the bytes so far can yield has been decoded: partials do not depend on thread timing.
+    """
 
     def __init__(self) -> None:
-        self._chunks: queue.Queue[bytes | None] = queue.Queue()
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes | None] = deque()
         self._buffer = b""
         self._ended = False
-        self.queued = 0
+        self._idle = False  # the reader waits for data and nothing is queued (or the reader is gone)
+        self._reader_gone = False
 
     def readable(self) -> bool:
         return True
 
     def write_chunk(self, data: bytes | None) -> None:
-        if data is not None:
-            self.queued += len(data)
-        self._chunks.put(data)
+        with self._cond:
+            if self._reader_gone:
+                return  # the decoder stopped (error or end): drop input rather than let it pile up
+            self._chunks.append(data)
+            self._idle = False
+            self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._idle, timeout)
+
+    def reader_gone(self) -> None:
+        with self._cond:
+            self._reader_gone = self._idle = True
+            self._chunks.clear()
+            self._cond.notify_all()
 
     def readinto(self, target: bytearray | memoryview) -> int:  # type: ignore[override]
-        while not self._buffer:
+        if not self._buffer:
             if self._ended:
                 return 0
-            chunk = self._chunks.get()
+            with self._cond:
+                while not self._chunks:
+                    self._idle = True
+                    self._cond.notify_all()
+                    self._cond.wait()
+                chunk = self._chunks.popleft()
             if chunk is None:
                 self._ended = True
                 return 0
@@ -114,7 +140,6 @@ class _Pipe(io.RawIOBase):
         n = min(len(target), len(self._buffer))
         target[:n] = self._buffer[:n]
         self._buffer = self._buffer[n:]
-        self.queued -= n
         return n
 
 
@@ -149,12 +174,7 @@ class EncodedInput(StreamAudio):
         except (av.FFmpegError, UnsupportedAudio, ValueError) as exc:
             self._error = exc
         finally:
-            while True:  # drain what the client still sends so its writes never pile up
-                try:
-                    if self._pipe._chunks.get_nowait() is None:
-                        break
-                except queue.Empty:
-                    break
+            self._pipe.reader_gone()
 
     def _drain(self) -> np.ndarray:
         parts = []
@@ -168,14 +188,13 @@ class EncodedInput(StreamAudio):
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def push(self, data: bytes) -> np.ndarray:
-        if self._pipe.queued + len(data) > MAX_QUEUED_BYTES:
-            raise UnsupportedAudio("the decoder is too far behind the input; send audio at most in real time")
         self._pipe.write_chunk(data)
+        self._pipe.wait_idle(DECODE_TIMEOUT)
         return self._drain()
 
     def finish(self) -> np.ndarray:
         self._pipe.write_chunk(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=DECODE_TIMEOUT)
         return self._drain()
 
     def close(self) -> None:

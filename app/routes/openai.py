@@ -50,7 +50,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from app import audio, subtitles
-from app.decoding import GreedyDecoder, Transcript, Word
+from app.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
 from app.decoding.beam import BeamStream
 from app.engine import Engine
 from app.errors import UploadTooLarge
@@ -156,6 +156,7 @@ class TranscriptionRequest:
     stream: bool = False
     language: str | None = None
     model: str | None = None
+    hot_words: tuple[str, ...] = ()  # extension: `word:boost,...` (extra_body={"hot_words": ...} in the SDK)
 
 
 def _text_field(form: FormData, name: str) -> str | None:
@@ -207,6 +208,7 @@ async def _parse(request: Request) -> TranscriptionRequest:
             temperature = _text_field(form, "temperature")
             language = _text_field(form, "language") or None
             model = _text_field(form, "model") or None
+            hot_words = tuple(v for v in form.getlist("hot_words") if isinstance(v, str))
     except (HTTPException, MultiPartException) as exc:
         message = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
         raise OpenAIError(400, f"could not parse the multipart form: {message}") from exc
@@ -257,6 +259,7 @@ async def _parse(request: Request) -> TranscriptionRequest:
         stream=streaming,
         language=language,
         model=model,
+        hot_words=hot_words,
     )
 
 
@@ -398,13 +401,19 @@ class IncrementalTranscription:
     piece at first and then at least every tenth of the audio so far (bounded total cost on long files).
     """
 
-    def __init__(self, engine: Engine, samples: np.ndarray, piece_steps: int = PIECE_STEPS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        samples: np.ndarray,
+        piece_steps: int = PIECE_STEPS,
+        hot_words: HotWords | None = None,
+    ) -> None:
         self._engine = engine
         self._samples: np.ndarray | None = samples
         self._blocks: Iterator[np.ndarray] = iter(())
         self._total = 0
         self._state = LstmState.zeros(engine.model.n_cell_dim)
-        self._decoder = engine.decoder.stream()
+        self._decoder = engine.decoder.stream(hot_words=hot_words)
         self._piece = piece_steps
         self._steps = 0
         self._checked_at = 0
@@ -467,9 +476,11 @@ def _sse(event: dict[str, Any]) -> str:
     return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
-async def transcript_events(engine: Engine, samples: np.ndarray) -> AsyncIterator[dict[str, Any]]:
+async def transcript_events(
+    engine: Engine, samples: np.ndarray, hot_words: HotWords | None = None
+) -> AsyncIterator[dict[str, Any]]:
     """`transcript.text.delta` events as words become certain, then `transcript.text.done`."""
-    job = IncrementalTranscription(engine, samples)
+    job = IncrementalTranscription(engine, samples, hot_words=hot_words)
     sent = False
     while not job.finished:
         words = await run_in_threadpool(job.step)
@@ -480,9 +491,11 @@ async def transcript_events(engine: Engine, samples: np.ndarray) -> AsyncIterato
     yield {"type": "transcript.text.done", "text": job.transcript.text}
 
 
-async def _event_stream(engine: Engine, samples: np.ndarray) -> AsyncIterator[str]:
+async def _event_stream(
+    engine: Engine, samples: np.ndarray, hot_words: HotWords | None
+) -> AsyncIterator[str]:
     try:
-        async for event in transcript_events(engine, samples):
+        async for event in transcript_events(engine, samples, hot_words):
             yield _sse(event)
     except InferenceError as exc:  # the status line is sent already: report it as OpenAI's stream error
         yield _sse(_from_app_error(exc).body)
@@ -570,15 +583,19 @@ async def create_transcription(request: Request) -> Response:
     engine: Engine = request.app.state.engine
     try:
         req = await _parse(request)
+        try:
+            hot = engine.decoder.check_options(hot_words=parse_hot_words(list(req.hot_words)))
+        except DecodeOptionError as exc:
+            raise OpenAIError(400, str(exc), param="hot_words", code="invalid_hot_words") from exc
         max_seconds = request.app.state.settings.max_audio_seconds
         samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
         if req.stream:
             return StreamingResponse(
-                _event_stream(engine, samples),
+                _event_stream(engine, samples, hot),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        result = await run_in_threadpool(engine.transcribe, samples)
+        result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
     except OpenAIError as exc:
         return exc.response()
     except (audio.AudioError, UploadTooLarge, InferenceError) as exc:

@@ -3,6 +3,8 @@
 Protocol (text frames are JSON):
 - optional first message `{"type": "config", "sample_rate": 8000}` (s16le PCM at 8–48 kHz; default 16000) or
   `{"type": "config", "format": "webm"}` (`webm`/`ogg` as browsers' MediaRecorder makes, decoded incrementally),
+  with optional `"hot_words": {"word": boost} | "word:boost,..."`, `"phrase_list": [...]` (Vosk's biasing) and
+  `"alternatives": N` (the final carries the N best),
 - binary frames of audio, any size (PCM: an even number of bytes),
 - `{"type": "eof"}` ends the audio: the server answers the final and closes with 1000.
 Server → client: `{"type": "partial", "text"}` whenever the text changes, `{"type": "final", "text", "words",
@@ -13,14 +15,13 @@ A client that closes without eof gets no final: a closed websocket cannot carry 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from app.audio import SAMPLE_RATE, UnsupportedAudio
-from app.decoding import Transcript
+from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.engine import Engine
 from app.session import StreamSession
 from app.stream_audio import StreamAudio
@@ -33,13 +34,25 @@ def _error(code: str, message: str) -> dict[str, str]:
 
 
 def final_message(transcript: Transcript, session: StreamSession) -> dict[str, Any]:
-    return {
-        "type": "final",
-        "text": transcript.text,
-        "words": [asdict(word) for word in transcript.words],
-        "confidence": transcript.confidence,
-        "duration": round(session.audio_seconds, 3),
-    }
+    message = {"type": "final", **transcript.to_dict(), "duration": round(session.audio_seconds, 3)}
+    return message
+
+
+def stream_options(config: dict[str, Any]) -> tuple[dict[str, float] | None, int]:
+    """Hot words (`hot_words` as a mapping or `word:boost,...`, merged with Vosk-style `phrase_list`) and N-best."""
+    raw = config.get("hot_words")
+    hot: dict[str, float] = {}
+    if isinstance(raw, dict):
+        hot.update(raw)
+    elif raw is not None:
+        hot.update(parse_hot_words(raw if isinstance(raw, list) else [str(raw)]) or {})
+    if config.get("phrase_list") is not None:
+        phrases = config["phrase_list"]
+        if not isinstance(phrases, list):
+            raise DecodeOptionError("phrase_list must be a list of phrases")
+        hot = {**phrase_list_hot_words(phrases), **hot}
+    alternatives = config.get("alternatives", 1)
+    return hot or None, alternatives
 
 
 async def finish_stream(session: StreamSession, audio: StreamAudio) -> Transcript:
@@ -86,7 +99,13 @@ async def stream(websocket: WebSocket) -> None:
                     audio = StreamAudio.open(
                         control.get("format", "pcm"), control.get("sample_rate", SAMPLE_RATE)
                     )
-                except ValueError as exc:
+                    hot_words, alternatives = stream_options(control)
+                    if hot_words or alternatives != 1:
+                        session = engine.open_stream(hot_words=hot_words, alternatives=alternatives)
+                except ValueError as exc:  # DecodeOptionError is a ValueError too
+                    if audio is not None:
+                        audio.close()
+                        audio = None
                     await websocket.send_json(_error("bad_config", str(exc)))
             elif kind == "eof":
                 try:

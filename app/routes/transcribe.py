@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Query, Request, UploadFile
 from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app import subtitles
 from app.audio import decode_audio
+from app.decoding import MAX_ALTERNATIVES, parse_hot_words
 from app.engine import Engine
 
 router = APIRouter(tags=["transcription"])
@@ -24,6 +25,12 @@ class WordTiming(BaseModel):
     confidence: float
 
 
+class Alternative(BaseModel):
+    text: str
+    confidence: float = Field(description="share of the final beam's score (0..1, best first)")
+    words: list[WordTiming]
+
+
 class TranscriptionResponse(BaseModel):
     text: str
     duration: float
@@ -33,6 +40,9 @@ class TranscriptionResponse(BaseModel):
     backend: str
     decoder: str
     processing_seconds: float
+    alternatives: list[Alternative] | None = Field(
+        None, description="the N best transcripts, with alternatives=N"
+    )
 
 
 OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
@@ -47,11 +57,17 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
     },
     400: {"description": 'empty audio: `{"detail": ...}`'},
     413: {"description": "upload over DS_MAX_UPLOAD_BYTES, or audio over the duration cap"},
+    422: {"description": "invalid hot words or alternatives, or a missing `file` field"},
     415: {"description": "audio that cannot be decoded"},
 }
 
 
-@router.post("/transcribe", response_model=TranscriptionResponse, responses=OTHER_FORMATS)
+@router.post(
+    "/transcribe",
+    response_model=TranscriptionResponse,
+    response_model_exclude_none=True,
+    responses=OTHER_FORMATS,
+)
 async def transcribe(
     request: Request,
     file: Annotated[
@@ -59,14 +75,24 @@ async def transcribe(
         File(description="audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus) or WebM; any rate, any channels"),
     ],
     format: Annotated[Literal["json", "text", "srt", "vtt"], Query(description="response format")] = "json",
+    hot_words: Annotated[
+        list[str] | None,
+        Query(
+            description="`word:boost,...` boosted inside the beam search (DeepSpeech's units; a word alone gets 10)"
+        ),
+    ] = None,
+    alternatives: Annotated[
+        int, Query(ge=1, le=MAX_ALTERNATIVES, description="return the N best transcripts")
+    ] = 1,
 ) -> TranscriptionResponse | Response:
     """Transcribe one file: decode, resample to 16 kHz mono, run the model over all of it, beam-search decode."""
     engine: Engine = request.app.state.engine
+    hot = engine.decoder.check_options(hot_words=parse_hot_words(hot_words), alternatives=alternatives)
     data = await file.read()
     samples, duration = await run_in_threadpool(
         decode_audio, data, request.app.state.settings.max_audio_seconds
     )
-    result = await run_in_threadpool(engine.transcribe, samples)
+    result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot, alternatives=alternatives)
     transcript = result.transcript
     if format == "text":
         return PlainTextResponse(transcript.text + "\n")
@@ -83,4 +109,13 @@ async def transcribe(
         backend=engine.model.backend,
         decoder=engine.decoder.description,
         processing_seconds=round(result.processing_seconds, 3),
+        alternatives=[
+            Alternative(
+                text=alt.text,
+                confidence=alt.confidence,
+                words=[WordTiming(**asdict(word)) for word in alt.words],
+            )
+            for alt in transcript.alternatives
+        ]
+        or None,
     )

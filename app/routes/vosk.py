@@ -1,8 +1,9 @@
 """Websocket /vosk: the protocol of Vosk's server (alphacep/vosk-server, websocket/asr_server.py), so Vosk's
 clients work unchanged.
 
-Client → server: optional `{"config": {"sample_rate": 16000, "words": 1, "format": "webm"}}` (no reply, as
-Vosk), binary frames of s16le mono PCM (or the declared container), `{"eof" : 1}` (final result, then close) and
+Client → server: optional `{"config": {"sample_rate": 16000, "words": 1, "phrase_list": [...],
+"max_alternatives": 3, "format": "webm"}}` (no reply, as Vosk; like Vosk, biasing applies before the first
+audio), binary frames of s16le mono PCM (or the declared container), `{"eof" : 1}` (final result, then close) and
 `{"reset" : 1}` (final result, the session goes on with fresh state). Control messages are parsed as JSON, not
 compared byte for byte as Vosk does, so `{"eof":1}` works too.
 Server → client: exactly one reply per client message: `{"partial": "..."}` after audio, and
@@ -21,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from app.audio import UnsupportedAudio
 from app.decoding import Transcript
 from app.engine import Engine
-from app.routes.stream import finish_stream
+from app.routes.stream import finish_stream, stream_options
 from app.stream_audio import StreamAudio
 
 router = APIRouter(tags=["streaming"])
@@ -29,7 +30,19 @@ router = APIRouter(tags=["streaming"])
 VOSK_DEFAULT_RATE = 8000
 
 
-def vosk_result(transcript: Transcript, words: bool) -> dict[str, Any]:
+def vosk_result(transcript: Transcript, words: bool, alternatives: int = 0) -> dict[str, Any]:
+    if alternatives > 0:
+        return {
+            "alternatives": [
+                {
+                    "confidence": round(alt.confidence, 6),
+                    "result": [{"start": w.start, "end": w.end, "word": w.word} for w in alt.words],
+                    "text": alt.text,
+                }
+                for alt in (transcript.alternatives or ())
+            ]
+            or [{"confidence": 1.0, "result": [], "text": transcript.text}]
+        }
     if not transcript.text:
         return {"text": ""}
     result: dict[str, Any] = {}
@@ -50,6 +63,8 @@ async def vosk(websocket: WebSocket) -> None:
     audio: StreamAudio | None = None
     spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
     words = True
+    hot_words: dict[str, float] | None = None
+    max_alternatives = 0
     try:
         while True:
             message = await websocket.receive()
@@ -76,13 +91,18 @@ async def vosk(websocket: WebSocket) -> None:
                 config = control["config"]
                 requested = (str(config.get("format", "pcm")), _as_rate(config.get("sample_rate", spec[1])))
                 try:
+                    hot, _ = stream_options(config)
+                    n_best = int(config.get("max_alternatives", 0))
+                    if session.samples_in == 0:
+                        session = engine.open_stream(hot_words=hot, alternatives=max(1, n_best))
                     opened = StreamAudio.open(*requested)
-                except ValueError as exc:
+                except (ValueError, TypeError) as exc:
                     await websocket.send_json({"error": str(exc)})
                     continue
                 if audio is not None:
                     audio.close()
                 audio, spec, words = opened, requested, bool(config.get("words", words))
+                hot_words, max_alternatives = hot, n_best
                 continue  # Vosk answers nothing to a valid config message
             if control.get("eof") or control.get("reset"):
                 audio = audio or StreamAudio.open(*spec)
@@ -90,12 +110,13 @@ async def vosk(websocket: WebSocket) -> None:
                     transcript = await finish_stream(session, audio)
                 except UnsupportedAudio:
                     transcript = await run_in_threadpool(session.finish)
-                await websocket.send_json(vosk_result(transcript, words))
+                await websocket.send_json(vosk_result(transcript, words, max_alternatives))
                 if control.get("eof"):
                     await websocket.close(1000)
                     return
                 audio.close()
-                audio, session = StreamAudio.open(*spec), engine.open_stream()
+                audio = StreamAudio.open(*spec)
+                session = engine.open_stream(hot_words=hot_words, alternatives=max(1, max_alternatives))
                 continue
             await websocket.send_json({"error": "expected a config, eof or reset message, or binary audio"})
     except WebSocketDisconnect:
