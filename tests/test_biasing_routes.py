@@ -72,7 +72,12 @@ def test_stream_config_biasing_and_alternatives(client: TestClient, speech_wav: 
         ws.send_text(json.dumps({"type": "config", "hot_words": {"kitchen": "loud"}}))
         error = ws.receive_json()
         assert error["code"] == "bad_config" and "boost" in error["message"]
-        config = {"type": "config", "phrase_list": ["kitchen lights"], "hot_words": "music:3", "alternatives": 2}
+        config = {
+            "type": "config",
+            "phrase_list": ["kitchen lights"],
+            "hot_words": "music:3",
+            "alternatives": 2,
+        }
         ws.send_text(json.dumps(config))
         for start in range(0, len(pcm), 6400):
             ws.send_bytes(pcm[start : start + 6400])
@@ -87,7 +92,9 @@ def test_stream_config_biasing_and_alternatives(client: TestClient, speech_wav: 
 def test_vosk_phrase_list_and_max_alternatives(client: TestClient, speech_wav: Path) -> None:
     pcm = pcm16(speech_wav)
     with client.websocket_connect("/vosk") as ws:
-        ws.send_text(json.dumps({"config": {"sample_rate": 16000, "phrase_list": ["kitchen"], "max_alternatives": 2}}))
+        ws.send_text(
+            json.dumps({"config": {"sample_rate": 16000, "phrase_list": ["kitchen"], "max_alternatives": 2}})
+        )
         for start in range(0, len(pcm), 6400):
             ws.send_bytes(pcm[start : start + 6400])
             assert "partial" in ws.receive_json()

@@ -289,9 +289,9 @@ class BeamDecoder:
         hot_words: Mapping[str, float] | HotWords | None = None,
         alternatives: int = 1,
     ) -> Transcript:
-        """Decode a whole utterance."""
+        """Decode a whole utterance, pruning as a stream does so memory stays bounded on long files."""
         stream = self.stream(hot_words=hot_words, alternatives=alternatives)
-        stream.feed(probs, prune=False)
+        stream.feed(probs)
         return stream.finish()
 
 
@@ -333,15 +333,18 @@ class BeamStream:
         if self._finished is not None:
             raise RuntimeError("stream already finished")
         probs = check_probs(probs, self._alphabet.n_classes)
-        if not len(probs):
-            return
-        em = _emissions(probs)
-        self._decoder.decode_step(em.ctypes.data, em.shape[0], em.shape[1])
-        self._pending.append(np.asarray(probs, dtype=np.float32))
-        self._frames += len(probs)
         opt = self._owner.options
-        if prune and self._frames - self._pruned >= opt.prune_interval:
-            self.prune(opt.prune_look_back)
+        while len(probs):
+            # Split at the prune points so that any chunking of the same probabilities prunes at the same frames
+            # (and so decodes the same): whole-file decoding, streams and the OpenAI SSE path agree exactly.
+            room = opt.prune_interval - (self._frames - self._pruned) if prune else len(probs)
+            part, probs = probs[: max(room, 1)], probs[max(room, 1) :]
+            em = _emissions(part)
+            self._decoder.decode_step(em.ctypes.data, em.shape[0], em.shape[1])
+            self._pending.append(np.asarray(part, dtype=np.float32))
+            self._frames += len(part)
+            if prune and self._frames - self._pruned >= opt.prune_interval:
+                self.prune(opt.prune_look_back)
 
     def prune(self, look_back: int) -> None:
         """Commit the best path up to (about) `look_back` frames ago and let flashlight free older states."""

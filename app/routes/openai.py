@@ -363,22 +363,21 @@ def beam_stable_words(stream: BeamStream) -> list[str]:
     """The words before the last space of the common text prefix of every hypothesis in the beam.
 
     Every later hypothesis, the final one included, extends one of the current hypotheses (a beam search only
-    extends or drops them), so these words can no longer change. Valid for a stream fed with `prune=False`
-    (nothing committed, as `Decoder.decode` runs); reads BeamStream's decoder, and belongs in
-    app/decoding/beam.py as a method.
+    extends or drops them), so these words can no longer change. Frames already pruned are the committed path,
+    shared by every hypothesis. Reads BeamStream's decoder, and belongs in app/decoding/beam.py as a method.
     """
-    if stream._pruned:
-        return []
     hyps = stream._decoder.get_all_final_hypothesis()
     frames = stream.frames
     if not hyps or not frames:
         return []
     alphabet = stream._alphabet
     blank = alphabet.blank_index
+    committed = stream._committed_path
     paths = np.full((len(hyps), frames), blank, dtype=np.int64)
+    paths[:, : len(committed)] = committed
     for row, hyp in zip(paths, hyps, strict=True):
-        tokens = hyp.tokens[1 : frames + 1]
-        row[: len(tokens)] = tokens
+        tokens = hyp.tokens[1 : frames - stream._pruned + 1]
+        row[len(committed) : len(committed) + len(tokens)] = tokens
     paths[paths < 0] = blank  # frames a hypothesis has not reached read as blank, as BeamStream does
     before = np.empty_like(paths)
     before[:, 0] = blank
@@ -393,7 +392,7 @@ def beam_stable_words(stream: BeamStream) -> list[str]:
 class IncrementalTranscription:
     """`Engine.transcribe` in pieces: the same feature windows, the dynamic model over `piece_steps` windows at a
     time with the LSTM state carried (the probabilities of its ≤ max_steps windows), and the decoder fed piece by
-    piece without pruning, as `Decoder.decode` runs it; so the final transcript is the non-streamed one. After a piece,
+    piece, as `Decoder.decode` runs it; so the final transcript is the non-streamed one. After a piece,
     `step` returns the words that became certain; `finished` after the last piece, with `transcript` set.
 
     Certain words: for the beam search, those every hypothesis agrees on (`beam_stable_words`); for greedy,
@@ -436,10 +435,7 @@ class IncrementalTranscription:
         piece = next(self._blocks, None)
         if piece is not None and len(piece):
             probs, self._state = self._engine.model.run_window(piece, self._state)
-            if isinstance(self._decoder, BeamStream):
-                self._decoder.feed(probs, prune=False)
-            else:
-                self._decoder.feed(probs)
+            self._decoder.feed(probs)
             self._steps += len(piece)
         if piece is None or self._steps >= self._total:
             return self._finish()
