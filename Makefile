@@ -9,8 +9,9 @@ DS_MODEL_DIR ?= models/default
 export DS_MODEL_DIR
 
 # Debian packages the tests and the tooling use: espeak-ng speaks test audio, sox shapes it, libsndfile1 backs
-# soundfile, g++ builds KenLM's build_binary for scorers, chromium runs the page's browser test.
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium
+# soundfile, g++ builds KenLM's build_binary for scorers, chromium runs the page's browser test, shellcheck
+# checks the launchd scripts.
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
 
 .PHONY: help serve test lint system-deps venv clean
 
