@@ -33,6 +33,7 @@ class Engine:
         self.model_dir = model_dir
         self.model = model
         self.decoder = decoder
+        self.load_seconds: float | None = None  # set by load()
 
     @classmethod
     def load(cls, settings: Settings) -> Engine:
@@ -55,7 +56,9 @@ class Engine:
                 "Convert a real DeepSpeech checkpoint with scripts/convert.py and set DS_MODEL_DIR.",
                 model_dir.path,
             )
-        return cls(model_dir, model, decoder)
+        engine = cls(model_dir, model, decoder)
+        engine.load_seconds = time.monotonic() - started
+        return engine
 
     def transcribe(
         self,

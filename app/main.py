@@ -9,14 +9,17 @@ from functools import cache
 
 from fastapi import FastAPI
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 
 from app.alphabet import AlphabetError
+from app.auth import ApiKeyAuth
 from app.decoding import ScorerError
 from app.engine import Engine
 from app.errors import install_error_handlers
 from app.limits import UploadLimit
+from app.metrics import Instrumentation, Metrics, configure_logging, redact_api_keys
 from app.model_dir import ModelDirectoryError
-from app.routes import info, openai, page, stream, transcribe, vosk
+from app.routes import health, info, openai, page, stream, transcribe, vosk
 from app.runtime import CoreMLUnavailable
 from app.settings import Settings
 
@@ -30,10 +33,17 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     """Build the app; models load once in the lifespan unless a loaded engine is given (tests, `app` below)."""
     settings = settings or Settings()
 
+    metrics = Metrics()
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine is None:
             app.state.engine = Engine.load(settings)
+        metrics.describe_engine(app.state.engine, settings.compute_units)
+        if not getattr(app.state, "ready", False):
+            seconds = await run_in_threadpool(health.warm_up, app.state.engine)
+            log.info("warm-up inference done in %.2f s; ready", seconds)
+            health.mark_ready(app, seconds)
         yield
 
     app = FastAPI(
@@ -43,15 +53,28 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
     if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)
         app.state.engine = engine
+        metrics.describe_engine(engine, settings.compute_units)
+    # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
+    # 401s and 413s included) -> ApiKeyAuth (refuses before any body is read) -> UploadLimit -> the routes.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    if api_key:
+        app.add_middleware(ApiKeyAuth, api_key=api_key, metrics_public=settings.metrics_public)
+        redact_api_keys()  # uvicorn logs websocket URLs, `?api_key=` included
+    else:
+        log.info("DS_API_KEY is not set: every route is open")
+    app.add_middleware(Instrumentation, metrics=metrics)
     install_error_handlers(app)
     app.include_router(transcribe.router)
     app.include_router(openai.router)
     app.include_router(stream.router)
     app.include_router(vosk.router)
     app.include_router(info.router)
+    app.include_router(health.router)
     page.install(app)
     return app
 
@@ -59,11 +82,12 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
 @cache
 def app_from_environment() -> FastAPI:
     """Settings from DS_* variables, models loaded before the server binds; bad setup exits with one line."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = Settings()
+        configure_logging(settings.log_format)
         engine = Engine.load(settings)
     except ValidationError as exc:
+        configure_logging()
         problems = "; ".join(f"DS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
         _exit(f"invalid settings: {problems}")
     except STARTUP_ERRORS as exc:

@@ -9,6 +9,8 @@ Knows nothing about websockets: the transport layer feeds it samples and sends w
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from app.decoding import DecoderStream, Transcript
@@ -31,6 +33,7 @@ class StreamSession:
         self._last_partial = ""
         self._finished = False
         self.samples_in = 0
+        self.processing_seconds = 0.0  # in feed/finish (features, model, decoder): for the RTF metric
         self.steps_decoded = 0
 
     @property
@@ -50,9 +53,11 @@ class StreamSession:
         """Take 16 kHz float32 samples; return the new partial transcript if it changed, else None."""
         if self._finished:
             raise StreamFinished("the stream has ended; open a new one")
+        started = time.perf_counter()
         self.samples_in += len(samples)
         self._add_windows(self._features.push(samples))
         text = self._decoder.partial().text
+        self.processing_seconds += time.perf_counter() - started
         if text != self._last_partial:
             self._last_partial = text
             return text
@@ -63,10 +68,13 @@ class StreamSession:
         if self._finished:
             raise StreamFinished("finish() was already called")
         self._finished = True
+        started = time.perf_counter()
         self._add_windows(self._features.finish())
         if self._batch_fill:
             self._run_batch(self._batch_fill)
-        return self._decoder.finish()
+        transcript = self._decoder.finish()
+        self.processing_seconds += time.perf_counter() - started
+        return transcript
 
     def _add_windows(self, windows: np.ndarray) -> None:
         taken = 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,3 +33,14 @@ class Settings(BaseSettings):
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"
     )
     verify_model_hashes: bool = True
+    api_key: SecretStr | None = Field(
+        None,
+        description="API key: `Authorization: Bearer <key>` (websockets also `?api_key=`); unset or empty = open",
+    )
+    metrics_public: bool = Field(
+        False,
+        description="serve /metrics without the API key (it shows usage: request counts, audio seconds)",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="log lines as text or one JSON object each"
+    )

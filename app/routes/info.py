@@ -11,9 +11,3 @@ router = APIRouter(tags=["info"])
 async def service_info(request: Request) -> dict[str, object]:
     """The loaded model, the backend that runs it (and its compute units) and the decoder settings."""
     return request.app.state.engine.info()
-
-
-@router.get("/health")
-async def health() -> dict[str, str]:
-    """Liveness: the process answers."""
-    return {"status": "ok"}

@@ -55,6 +55,7 @@ from app.decoding.beam import BeamStream
 from app.engine import Engine
 from app.errors import UploadTooLarge
 from app.features import context_window_blocks, mfcc
+from app.metrics import observe_audio
 from app.runtime import InferenceError, LstmState
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -592,6 +593,7 @@ async def create_transcription(request: Request) -> Response:
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
         result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
+        observe_audio(request.app, "/v1/audio/transcriptions", result.duration, result.processing_seconds)
     except OpenAIError as exc:
         return exc.response()
     except (audio.AudioError, UploadTooLarge, InferenceError) as exc:

@@ -23,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from app.audio import SAMPLE_RATE, UnsupportedAudio
 from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.engine import Engine
+from app.metrics import stream_closed, stream_opened
 from app.session import StreamSession
 from app.stream_audio import StreamAudio
 
@@ -67,6 +68,7 @@ async def stream(websocket: WebSocket) -> None:
     await websocket.accept()
     session = engine.open_stream()
     audio: StreamAudio | None = None
+    stream_opened(websocket.app, "/stream")
     try:
         while True:
             message = await websocket.receive()
@@ -123,5 +125,6 @@ async def stream(websocket: WebSocket) -> None:
     except WebSocketDisconnect:
         return
     finally:
+        stream_closed(websocket.app, "/stream", session)
         if audio is not None:
             audio.close()

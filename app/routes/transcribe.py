@@ -14,6 +14,7 @@ from app import subtitles
 from app.audio import decode_audio
 from app.decoding import MAX_ALTERNATIVES, parse_hot_words
 from app.engine import Engine
+from app.metrics import observe_audio
 
 router = APIRouter(tags=["transcription"])
 
@@ -93,6 +94,7 @@ async def transcribe(
         decode_audio, data, request.app.state.settings.max_audio_seconds
     )
     result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot, alternatives=alternatives)
+    observe_audio(request.app, "/transcribe", result.duration, result.processing_seconds)
     transcript = result.transcript
     if format == "text":
         return PlainTextResponse(transcript.text + "\n")

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from app.audio import UnsupportedAudio
 from app.decoding import Transcript
 from app.engine import Engine
+from app.metrics import observe_stream, stream_closed, stream_opened
 from app.routes.stream import finish_stream, stream_options
 from app.stream_audio import StreamAudio
 
@@ -65,6 +66,7 @@ async def vosk(websocket: WebSocket) -> None:
     words = True
     hot_words: dict[str, float] | None = None
     max_alternatives = 0
+    stream_opened(websocket.app, "/vosk")
     try:
         while True:
             message = await websocket.receive()
@@ -116,12 +118,14 @@ async def vosk(websocket: WebSocket) -> None:
                     return
                 audio.close()
                 audio = StreamAudio.open(*spec)
+                observe_stream(websocket.app, "/vosk", session)  # counted now: the session is replaced
                 session = engine.open_stream(hot_words=hot_words, alternatives=max(1, max_alternatives))
                 continue
             await websocket.send_json({"error": "expected a config, eof or reset message, or binary audio"})
     except WebSocketDisconnect:
         return
     finally:
+        stream_closed(websocket.app, "/vosk", session)
         if audio is not None:
             audio.close()
 
