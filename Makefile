@@ -13,11 +13,12 @@ export DS_MODEL_DIR
 # checks the launchd scripts.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
 
-.PHONY: help serve test lint system-deps venv clean
+.PHONY: help serve test lint system-deps venv clean default-model
 
 help:
 	@echo "make serve   set up a virtualenv and serve $(DS_MODEL_DIR) on http://$(HOST):$(PORT)"
 	@echo "make test    set up everything and run lint, type checks and the test suite"
+	@echo "make default-model   retrain models/default from synthetic speech (about an hour on 2 cores)"
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -36,7 +37,7 @@ $(BIN)/python:
 
 # The convert extra (TensorFlow, coremltools) is needed to build models; the service itself does not import it.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e '.[convert,test]'
+	$(BIN)/pip install -q -e '.[convert,train,test]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -55,6 +56,12 @@ lint: venv
 
 test: system-deps venv lint
 	$(BIN)/python -m pytest
+
+# Fixed seeds and pinned inputs: speaks the corpus with espeak-ng, trains (time-boxed), exports upstream-named
+# weights, builds the KenLM scorer, converts with scripts/convert.py and writes models/default/EVALUATION.md.
+default-model: system-deps venv
+	@dpkg -s fortunes fortunes-min wamerican >/dev/null 2>&1 || apt-get install -y -qq fortunes fortunes-min wamerican
+	$(BIN)/python scripts/train_default.py --out models/default
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
