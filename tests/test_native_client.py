@@ -215,3 +215,42 @@ def _tf_mfcc(window: np.ndarray) -> np.ndarray:
         dct_coefficient_count=N_MFCC,
     )
     return mfcc.numpy().reshape(N_MFCC)
+
+
+# --- the trained default model: the official client and our service agree word for word ---------------------
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "default"
+DEMO_SENTENCES = [
+    "turn on the kitchen lights",
+    "what is the weather like today",
+    "switch off the kitchen oven",
+]
+
+
+@pytest.mark.skipif(not (DEFAULT_MODEL / "manifest.json").exists(), reason="models/default is not built")
+@pytest.mark.parametrize("with_scorer", [False, True], ids=["no-lm", "kenlm-scorer"])
+def test_native_client_and_our_stream_agree_on_the_trained_model(
+    native: NativeClient, tmp_path: Path, with_scorer: bool
+) -> None:
+    """Same graph, same audio, same buffering: DeepSpeech 0.9.3's client (ds_ctcdecoder, reading our .scorer)
+    and our service (flashlight-text) give the same transcripts, with and without the language model."""
+    import soundfile
+
+    from app.audio import decode_audio
+    from app.engine import Engine
+    from app.settings import Settings
+
+    engine = Engine.load(Settings(model_dir=DEFAULT_MODEL, backend="numpy", use_scorer=with_scorer))
+    scorer = (DEFAULT_MODEL / "kenlm.scorer").resolve() if with_scorer else None
+    for index, text in enumerate(DEMO_SENTENCES):
+        raw, wav = tmp_path / f"{index}.raw.wav", tmp_path / f"{index}.wav"
+        subprocess.run(["espeak-ng", "-w", str(raw), text], check=True)
+        samples, _ = decode_audio(raw.read_bytes())
+        soundfile.write(wav, samples, 16000, subtype="PCM_16")
+        pcm, _ = decode_audio(wav.read_bytes())
+        theirs = native.transcribe((DEFAULT_MODEL / "static_graph.pb").resolve(), wav, scorer=scorer)
+        session = engine.open_stream()
+        for start in range(0, len(pcm), 3200):
+            session.feed(pcm[start : start + 3200])
+        ours = session.finish().text
+        assert theirs["stream_text"] == theirs["text"] == ours, (text, theirs["text"], ours)
