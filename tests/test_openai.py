@@ -39,10 +39,7 @@ def engine(settings: Settings) -> Engine:
 
 
 def build_app(settings: Settings, engine: Engine) -> FastAPI:
-    app = create_app(settings, engine)
-    if not any(getattr(route, "path", "") == "/v1/models" for route in app.routes):
-        app.include_router(openai_routes.router)  # until app/main.py includes it
-    return app
+    return create_app(settings, engine)
 
 
 @pytest.fixture(scope="module")
