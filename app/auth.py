@@ -24,12 +24,12 @@ contents).
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterable
 from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
 
@@ -112,16 +112,4 @@ class ApiKeyAuth:
             OPENAI_PREFIX
         ):  # the OpenAI SDKs read {"error": {...}} and raise AuthenticationError
             payload = dict(error_body(OPENAI_MESSAGE, type="invalid_request_error", code="invalid_api_key"))
-        body = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b'Bearer realm="deepspeech"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 401, payload, ((b"www-authenticate", b'Bearer realm="deepspeech"'),))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from starlette.types import Send
 
 from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
 from app.decoding import DecodeOptionError
@@ -30,6 +32,20 @@ STATUS = {
     AudioTooLong: 413,
     DecodeOptionError: 422,
 }
+
+
+async def send_json(
+    send: Send, status: int, payload: object, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """A whole JSON response from raw ASGI middleware (which answers before FastAPI's handlers run)."""
+    body = json.dumps(payload).encode()
+    start_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": start_headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
 
@@ -62,15 +61,4 @@ class UploadLimit:
         payload: dict[str, object] = {"detail": message}
         if scope["path"].startswith(OPENAI_PREFIX):  # the OpenAI-compatible routes answer in OpenAI's shape
             payload = dict(error_body(message, param="file", code="request_too_large"))
-        body = json.dumps(payload).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, payload)

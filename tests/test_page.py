@@ -13,7 +13,6 @@ import base64
 import json
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import httpx
 import pytest
 
 from tests.conftest import speak
-from tests.test_server_e2e import free_port, start_server
+from tests.test_server_e2e import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -69,24 +68,8 @@ CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\
 
 @pytest.fixture(scope="module")
 def page_server(small_model_dir: Path) -> Iterator[str]:
-    port = free_port()
-    process = start_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}, port)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not come up in 60 s")
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
+    with running_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}) as base:
+        yield base
 
 
 def parse_cues(text: str) -> list[tuple[int, float, float, str]]:

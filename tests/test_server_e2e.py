@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -36,10 +37,11 @@ def start_server(env: dict[str, str], port: int) -> subprocess.Popen[str]:
     )
 
 
-@pytest.fixture(scope="module")
-def server(small_model_dir: Path) -> Iterator[str]:
+@contextmanager
+def running_server(env: dict[str, str]) -> Iterator[str]:
+    """A real uvicorn on a free loopback port, up once /health answers; stopped on exit."""
     port = free_port()
-    process = start_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}, port)
+    process = start_server(env, port)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -53,9 +55,17 @@ def server(small_model_dir: Path) -> Iterator[str]:
     else:
         process.kill()
         pytest.fail("server did not come up in 60 s")
-    yield base
-    process.terminate()
-    process.wait(timeout=20)
+    try:
+        yield base
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def server(small_model_dir: Path) -> Iterator[str]:
+    with running_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}) as base:
+        yield base
 
 
 def test_upload_like_curl(server: str, speech_wav: Path) -> None:
