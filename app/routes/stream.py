@@ -62,6 +62,26 @@ async def finish_stream(session: StreamSession, audio: StreamAudio) -> Transcrip
     return await run_in_threadpool(session.finish)
 
 
+async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
+    """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
+    text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object."""
+    message = await websocket.receive()
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    if message.get("bytes") is not None:
+        return bytes(message["bytes"])
+    control = json.loads(message.get("text") or "")
+    if not isinstance(control, dict):
+        raise ValueError("a control message is a JSON object")
+    return control
+
+
+async def feed_audio(session: StreamSession, audio: StreamAudio, data: bytes) -> str | None:
+    """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio."""
+    samples = await run_in_threadpool(audio.push, data)
+    return await run_in_threadpool(session.feed, samples)
+
+
 @router.websocket("/stream")
 async def stream(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
@@ -71,27 +91,22 @@ async def stream(websocket: WebSocket) -> None:
     stream_opened(websocket.app, "/stream")
     try:
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                audio = audio or StreamAudio.open()
-                try:
-                    samples = await run_in_threadpool(audio.push, message["bytes"])
-                except UnsupportedAudio as exc:
-                    await websocket.send_json(_error("bad_frame", str(exc)))
-                    continue
-                partial = await run_in_threadpool(session.feed, samples)
-                if partial is not None:
-                    await websocket.send_json({"type": "partial", "text": partial})
-                continue
             try:
-                control = json.loads(message.get("text") or "")
-                if not isinstance(control, dict):
-                    raise ValueError("a control message is a JSON object")
+                message = await receive_message(websocket)
             except ValueError as exc:
                 await websocket.send_json(_error("bad_message", f"not a JSON object: {exc}"))
                 continue
+            if isinstance(message, bytes):
+                audio = audio or StreamAudio.open()
+                try:
+                    partial = await feed_audio(session, audio, message)
+                except UnsupportedAudio as exc:
+                    await websocket.send_json(_error("bad_frame", str(exc)))
+                    continue
+                if partial is not None:
+                    await websocket.send_json({"type": "partial", "text": partial})
+                continue
+            control = message
             kind = control.get("type")
             if kind == "config":
                 if audio is not None:

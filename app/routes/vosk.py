@@ -13,7 +13,6 @@ Vosk's default sample rate is 8000 Hz; so is this endpoint's unless the config s
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -23,7 +22,7 @@ from app.audio import UnsupportedAudio
 from app.decoding import Transcript
 from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
-from app.routes.stream import finish_stream, stream_options
+from app.routes.stream import feed_audio, finish_stream, receive_message, stream_options
 from app.stream_audio import StreamAudio
 
 router = APIRouter(tags=["streaming"])
@@ -69,26 +68,21 @@ async def vosk(websocket: WebSocket) -> None:
     stream_opened(websocket.app, "/vosk")
     try:
         while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            if message.get("bytes") is not None:
-                audio = audio or StreamAudio.open(*spec)
-                try:
-                    samples = await run_in_threadpool(audio.push, message["bytes"])
-                except UnsupportedAudio as exc:
-                    await websocket.send_json({"error": str(exc)})
-                    continue
-                await run_in_threadpool(session.feed, samples)
-                await websocket.send_json({"partial": session.partial_text})
-                continue
             try:
-                control = json.loads(message.get("text") or "")
-                if not isinstance(control, dict):
-                    raise ValueError("a control message is a JSON object")
+                message = await receive_message(websocket)
             except ValueError as exc:
                 await websocket.send_json({"error": f"not a JSON object: {exc}"})
                 continue
+            if isinstance(message, bytes):
+                audio = audio or StreamAudio.open(*spec)
+                try:
+                    await feed_audio(session, audio, message)
+                except UnsupportedAudio as exc:
+                    await websocket.send_json({"error": str(exc)})
+                    continue
+                await websocket.send_json({"partial": session.partial_text})
+                continue
+            control = message
             if isinstance(control.get("config"), dict):
                 config = control["config"]
                 requested = (str(config.get("format", "pcm")), _as_rate(config.get("sample_rate", spec[1])))
