@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Send
 
+from app.admission import ServiceBusy
 from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
 from app.decoding import DecodeOptionError
 from app.runtime import InferenceError
@@ -61,3 +62,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "the model failed on this audio; see the server log"}, status_code=500)
 
     app.add_exception_handler(InferenceError, inference_failed)
+
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(ServiceBusy.retry_after)}
+        )
+
+    app.add_exception_handler(ServiceBusy, busy)

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from app.admission import Admission
 from app.alphabet import AlphabetError
 from app.auth import ApiKeyAuth
 from app.decoding import ScorerError
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
     app.state.metrics = metrics
     app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
     if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)

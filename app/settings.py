@@ -28,6 +28,14 @@ class Settings(BaseSettings):
     language: str = Field(
         "en", description="ISO-639-1 code of the model's language; /v1/audio/transcriptions rejects others"
     )
+    workers: int = Field(2, ge=1, le=64, description="whole-file transcriptions running at once")
+    queue_length: int = Field(
+        8, ge=0, le=1024, description="requests that may wait for a worker (503 beyond)"
+    )
+    max_streams: int = Field(64, ge=1, le=4096, description="websocket streams open at once (refused beyond)")
+    stream_idle_timeout: float = Field(
+        30.0, gt=0, description="seconds a stream may stay silent before it is closed"
+    )
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="upload cap in bytes (413 above it)")
     max_audio_seconds: float = Field(
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"

@@ -50,6 +50,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from app import audio, subtitles
+from app.admission import ServiceBusy
 from app.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
 from app.decoding.beam import BeamStream
 from app.engine import Engine
@@ -125,6 +126,8 @@ def _from_app_error(exc: Exception) -> OpenAIError:
         return OpenAIError(413, message, param="file", code="audio_too_long")
     if isinstance(exc, audio.AudioError):
         return OpenAIError(400, message, param="file", code="invalid_audio")
+    if isinstance(exc, ServiceBusy):
+        return OpenAIError(503, message, type="server_error", code="server_busy")
     if isinstance(exc, InferenceError):
         log.error("inference failed on %s: %s", PREFIX + "audio/transcriptions", exc)
         return OpenAIError(500, "the model failed on this audio; see the server log", type="server_error")
@@ -592,11 +595,12 @@ async def create_transcription(request: Request) -> Response:
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
+        async with request.app.state.admission.inference():
+            result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
         observe_audio(request.app, "/v1/audio/transcriptions", result.duration, result.processing_seconds)
     except OpenAIError as exc:
         return exc.response()
-    except (audio.AudioError, UploadTooLarge, InferenceError) as exc:
+    except (audio.AudioError, UploadTooLarge, InferenceError, ServiceBusy) as exc:
         return _from_app_error(exc).response()
     return _formatted(result.transcript, duration, req, _model_language(request))
 

@@ -14,6 +14,7 @@ A client that closes without eof gets no final: a closed websocket cannot carry 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -62,10 +63,32 @@ async def finish_stream(session: StreamSession, audio: StreamAudio) -> Transcrip
     return await run_in_threadpool(session.finish)
 
 
+class StreamIdle(TimeoutError):
+    """The client sent nothing for DS_STREAM_IDLE_TIMEOUT seconds."""
+
+
+TRY_AGAIN_LATER = 1013  # websocket close code: the server is at its stream limit
+
+
+async def admit_stream(websocket: WebSocket) -> bool:
+    """Accept the websocket if a stream slot is free, else refuse it with 1013 (try again later)."""
+    if not websocket.app.state.admission.open_stream():
+        await websocket.close(TRY_AGAIN_LATER, reason="too many open streams; retry shortly")
+        return False
+    await websocket.accept()
+    return True
+
+
 async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
     """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
     text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object."""
-    message = await websocket.receive()
+    idle_timeout = websocket.app.state.settings.stream_idle_timeout
+    try:
+        message = await asyncio.wait_for(websocket.receive(), idle_timeout)
+    except TimeoutError:
+        raise StreamIdle(
+            f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)"
+        ) from None
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     if message.get("bytes") is not None:
@@ -85,7 +108,8 @@ async def feed_audio(session: StreamSession, audio: StreamAudio, data: bytes) ->
 @router.websocket("/stream")
 async def stream(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
-    await websocket.accept()
+    if not await admit_stream(websocket):
+        return
     session = engine.open_stream()
     audio: StreamAudio | None = None
     stream_opened(websocket.app, "/stream")
@@ -139,7 +163,11 @@ async def stream(websocket: WebSocket) -> None:
                 )
     except WebSocketDisconnect:
         return
+    except StreamIdle as exc:
+        await websocket.send_json(_error("idle_timeout", str(exc)))
+        await websocket.close(1000)
     finally:
+        websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/stream", session)
         if audio is not None:
             audio.close()

@@ -59,6 +59,7 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
     400: {"description": 'empty audio: `{"detail": ...}`'},
     413: {"description": "upload over DS_MAX_UPLOAD_BYTES, or audio over the duration cap"},
     422: {"description": "invalid hot words or alternatives, or a missing `file` field"},
+    503: {"description": "every worker busy and the queue full; retry after the Retry-After seconds"},
     415: {"description": "audio that cannot be decoded"},
 }
 
@@ -90,10 +91,11 @@ async def transcribe(
     engine: Engine = request.app.state.engine
     hot = engine.decoder.check_options(hot_words=parse_hot_words(hot_words), alternatives=alternatives)
     data = await file.read()
-    samples, duration = await run_in_threadpool(
-        decode_audio, data, request.app.state.settings.max_audio_seconds
-    )
-    result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot, alternatives=alternatives)
+    async with request.app.state.admission.inference():
+        samples, duration = await run_in_threadpool(
+            decode_audio, data, request.app.state.settings.max_audio_seconds
+        )
+        result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot, alternatives=alternatives)
     observe_audio(request.app, "/transcribe", result.duration, result.processing_seconds)
     transcript = result.transcript
     if format == "text":

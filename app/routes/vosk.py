@@ -22,7 +22,14 @@ from app.audio import UnsupportedAudio
 from app.decoding import Transcript
 from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
-from app.routes.stream import feed_audio, finish_stream, receive_message, stream_options
+from app.routes.stream import (
+    StreamIdle,
+    admit_stream,
+    feed_audio,
+    finish_stream,
+    receive_message,
+    stream_options,
+)
 from app.stream_audio import StreamAudio
 
 router = APIRouter(tags=["streaming"])
@@ -58,7 +65,8 @@ def vosk_result(transcript: Transcript, words: bool, alternatives: int = 0) -> d
 @router.websocket("/vosk")
 async def vosk(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
-    await websocket.accept()
+    if not await admit_stream(websocket):
+        return
     session = engine.open_stream()
     audio: StreamAudio | None = None
     spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
@@ -118,7 +126,11 @@ async def vosk(websocket: WebSocket) -> None:
             await websocket.send_json({"error": "expected a config, eof or reset message, or binary audio"})
     except WebSocketDisconnect:
         return
+    except StreamIdle as exc:
+        await websocket.send_json({"error": str(exc)})
+        await websocket.close(1000)
     finally:
+        websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/vosk", session)
         if audio is not None:
             audio.close()
