@@ -47,7 +47,7 @@ $(DS_MODEL_DIR)/manifest.json: | venv
 	@echo "!!! Its transcripts are noise. Convert a real DeepSpeech checkpoint with scripts/convert.py (see README)."
 	$(BIN)/python scripts/make_random_model.py --out $(DS_MODEL_DIR)
 
-serve: system-deps venv $(DS_MODEL_DIR)/manifest.json
+serve: venv $(DS_MODEL_DIR)/manifest.json
 	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
 
 lint: venv
