@@ -238,8 +238,15 @@ def _build_section(extra: dict) -> list[str]:
             f"beta {s.get('beta')} (tuned on the dev set)"
         )
     if "stages" in extra:
+        note = ""
+        if extra.get("resumed"):
+            note = " (this invocation resumed a finished training run: the data and training time are the first's)"
         out.append(
-            f"- stage times (s): {json.dumps(extra['stages'])}; total {extra.get('total_minutes')} min"
+            f"- stage times (s): {json.dumps(extra['stages'])}; total {extra.get('total_minutes')} min{note}"
+        )
+    if "first_invocation" in extra:
+        out.append(
+            f"- the invocation that made the data and trained: {json.dumps(extra['first_invocation'])}"
         )
     if "machine" in extra:
         out.append(f"- machine: {json.dumps(extra['machine'])}")

@@ -21,16 +21,7 @@ from pathlib import Path
 
 from training.corpus import HELDOUT_FILE, read_sentences
 from training.synth import ACCENTS, HELDOUT_VARIANTS
-
-# The trained variants the held-out half with trained voices draws from (pinned: the held-out set must not
-# change when the training voice list grows; all of these are in synth.TRAIN_VARIANTS).
-HELDOUT_TRAINED_VARIANTS = (
-    "",
-    *(
-        "m1 m2 m3 m4 m5 m6 m7 f1 f2 f4 f5 klatt klatt2 klatt3 Andy Annie belinda david john linda steph max".split()
-    ),
-    *("paul robert Alex edward iven Mike norbert quincy".split()),
-)
+from training.synth import TRAIN_VARIANTS_BASIC as HELDOUT_TRAINED_VARIANTS
 
 CSV_NAME = "heldout.csv"
 
@@ -42,7 +33,8 @@ def heldout_plan(sentences: Sequence[str], seed: int = 99) -> list[dict[str, str
     for i, text in enumerate(sentences):
         accent = rng.choice(ACCENTS)
         if i % 2 == 0:
-            voice, group = f"{accent}+{rng.choice(HELDOUT_VARIANTS)}", "unseen_variant"
+            variant = rng.choice(HELDOUT_VARIANTS)
+            voice, group = f"{accent}+{variant}", f"unseen_variant_{variant}"
         else:
             variant = rng.choice(HELDOUT_TRAINED_VARIANTS)
             voice, group = accent + (f"+{variant}" if variant else ""), "trained_voice"

@@ -276,7 +276,8 @@ def train(
     run_eval()
     return {
         "steps": state["step"],
-        "epochs": state["epoch"] + state["batch"] / max(1, len(batches)),
+        "epochs": state["epoch"]
+        + state["batch"] / max(1, len(batches) or len(make_batches(lengths, config, random.Random(0)))),
         "train_minutes": state["seconds"] / 60,
         "best_dev_cer": state["best_cer"],
         "history": state["history"],
