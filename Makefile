@@ -3,8 +3,8 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12)
 VENV := .venv
 BIN := $(VENV)/bin
-HOST ?= 127.0.0.1
-PORT ?= 8000
+HOST ?= $(or $(DS_HOST),127.0.0.1)
+PORT ?= $(or $(DS_PORT),8000)
 DS_MODEL_DIR ?= models/default
 export DS_MODEL_DIR
 
@@ -48,7 +48,7 @@ $(DS_MODEL_DIR)/manifest.json: | venv
 	$(BIN)/python scripts/make_random_model.py --out $(DS_MODEL_DIR)
 
 serve: venv $(DS_MODEL_DIR)/manifest.json
-	$(BIN)/uvicorn app.main:app --host $(HOST) --port $(PORT)
+	DS_HOST=$(HOST) DS_PORT=$(PORT) $(BIN)/python -m app
 
 lint: venv
 	$(BIN)/ruff check app dsconvert scripts tests

@@ -33,24 +33,28 @@ class Admission:
     def queued(self) -> int:
         return self._waiting
 
-    @asynccontextmanager
-    async def inference(self) -> AsyncIterator[None]:
-        """Hold one worker slot for a whole-file transcription; ServiceBusy if none is free and the queue is full."""
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def reserve(self) -> Ticket:
+        """Take a place in the queue now (ServiceBusy if none is free); `async with` the ticket to run.
+
+        Separate from running so that a streamed response (SSE) is refused with a 503 before its status line
+        is sent, and waits for its worker inside the response body.
+        """
         if self._busy >= self.workers and self._waiting >= self.queue:
             raise ServiceBusy(
                 f"all {self.workers} workers are busy and {self._waiting} requests are queued; retry shortly"
             )
         self._waiting += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self._waiting -= 1
-        self._busy += 1
-        try:
+        return Ticket(self)
+
+    @asynccontextmanager
+    async def inference(self) -> AsyncIterator[None]:
+        """Hold one worker slot for a whole-file transcription; ServiceBusy if none is free and the queue is full."""
+        async with self.reserve():
             yield
-        finally:
-            self._busy -= 1
-            self._slots.release()
 
     def open_stream(self) -> bool:
         """Count a new stream in; False when `max_streams` are already open."""
@@ -61,3 +65,33 @@ class Admission:
 
     def close_stream(self) -> None:
         self.active_streams -= 1
+
+
+class Ticket:
+    """A place in the queue, then a worker slot; `release` is idempotent so every exit path may call it."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self._state = "waiting"
+
+    async def __aenter__(self) -> Ticket:
+        try:
+            await self._admission._slots.acquire()
+        except BaseException:  # cancelled while queued (client gone): give the place back
+            self.release()
+            raise
+        self._admission._waiting -= 1
+        self._admission._busy += 1
+        self._state = "running"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def release(self) -> None:
+        if self._state == "waiting":
+            self._admission._waiting -= 1
+        elif self._state == "running":
+            self._admission._busy -= 1
+            self._admission._slots.release()
+        self._state = "done"

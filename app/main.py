@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             log.info("warm-up inference done in %.2f s; ready", seconds)
             health.mark_ready(app, seconds)
         yield
+        close = getattr(app.state.engine, "close", None)
+        if close is not None:  # stops the stream batcher's thread
+            close()
 
     app = FastAPI(
         title="DeepSpeech transcription service",
@@ -56,6 +60,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
     app.state.settings = settings
     app.state.admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
     app.state.metrics = metrics
+    metrics.watch_admission(app.state.admission)
     app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
     if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)
         app.state.engine = engine
@@ -69,6 +74,14 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
         redact_api_keys()  # uvicorn logs websocket URLs, `?api_key=` included
     else:
         log.info("DS_API_KEY is not set: every route is open")
+    if settings.cors_origins:  # outermost: preflights are answered before auth, errors carry the headers
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            max_age=600,
+        )
     app.add_middleware(Instrumentation, metrics=metrics)
     install_error_handlers(app)
     app.include_router(transcribe.router)
@@ -86,15 +99,20 @@ def app_from_environment() -> FastAPI:
     """Settings from DS_* variables, models loaded before the server binds; bad setup exits with one line."""
     try:
         settings = Settings()
-        configure_logging(settings.log_format)
+        configure_logging(settings.log_format, settings.log_level.upper())
         engine = Engine.load(settings)
     except ValidationError as exc:
         configure_logging()
-        problems = "; ".join(f"DS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
-        _exit(f"invalid settings: {problems}")
+        _exit(settings_problems(exc))
     except STARTUP_ERRORS as exc:
         _exit(str(exc))
     return create_app(settings, engine)
+
+
+def settings_problems(exc: ValidationError) -> str:
+    """One line naming each bad DS_* variable and what is wrong with it."""
+    problems = "; ".join(f"DS_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors())
+    return f"invalid settings: {problems}"
 
 
 def _exit(message: str) -> None:

@@ -89,6 +89,14 @@ class Metrics:
             "ds_warm_up_seconds", "Seconds the startup warm-up inference took", registry=r
         )
         self.ready = Gauge("ds_ready", "1 once models are loaded and warmed up, else 0", registry=r)
+        self.queue_depth = Gauge(
+            "ds_queue_depth",
+            "Transcriptions waiting for a worker (503 once DS_QUEUE_LENGTH wait)",
+            registry=r,
+        )
+        self.workers_busy = Gauge(
+            "ds_workers_busy", "Transcriptions running now (at most DS_WORKERS)", registry=r
+        )
         self.model = Info("ds_model", "The loaded model, backend, compute units and decoder", registry=r)
 
     def describe_engine(self, engine: Any, compute_units: str) -> None:
@@ -104,6 +112,11 @@ class Metrics:
         load_seconds = getattr(engine, "load_seconds", None)
         if load_seconds is not None:
             self.model_load_seconds.set(load_seconds)
+
+    def watch_admission(self, admission: Any) -> None:
+        """Queue depth and busy workers are read from the Admission when /metrics is scraped."""
+        self.queue_depth.set_function(lambda: admission.queued)
+        self.workers_busy.set_function(lambda: admission.busy)
 
     def observe(self, route: str, audio_seconds: float, processing_seconds: float | None) -> None:
         if audio_seconds <= 0:
@@ -314,7 +327,7 @@ def redact_api_keys() -> None:
             logger.addFilter(RedactApiKey())
 
 
-def configure_logging(log_format: str = "text", level: int = logging.INFO) -> None:
+def configure_logging(log_format: str = "text", level: int | str = logging.INFO) -> None:
     """The service's log format: `text` (as before) or `json` (DS_LOG_FORMAT=json), uvicorn's lines included."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))

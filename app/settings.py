@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DS_", env_file=".env", extra="ignore")
 
+    host: str = Field(
+        "127.0.0.1", description="address `python -m app` listens on (0.0.0.0: every interface)"
+    )
+    port: int = Field(8000, ge=1, le=65535)
     model_dir: Path = Field(
         Path("models/default"), description="model directory written by scripts/convert.py"
     )
@@ -36,6 +40,23 @@ class Settings(BaseSettings):
     stream_idle_timeout: float = Field(
         30.0, gt=0, description="seconds a stream may stay silent before it is closed"
     )
+    stream_max_seconds: float = Field(
+        3600.0,
+        gt=0,
+        description="longest stream, in audio seconds and in wall-clock seconds: then it gets its final and closes",
+    )
+    stream_batching: bool = Field(
+        True, description="run the LSTM steps of concurrent streams as one batch (NumPy backend)"
+    )
+    stream_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=50,
+        description="how long a batch waits for other streams' chunks (only when several are open)",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0, ge=0, description="on SIGTERM: time for requests in flight to finish before the process exits"
+    )
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="upload cap in bytes (413 above it)")
     max_audio_seconds: float = Field(
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"
@@ -49,6 +70,23 @@ class Settings(BaseSettings):
         False,
         description="serve /metrics without the API key (it shows usage: request counts, audio seconds)",
     )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins allowed to call the API, comma-separated (`*` for any); unset: CORS off",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or one JSON object each"
     )
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value

@@ -71,8 +71,8 @@ absolute_dir() {
 	(cd "$1" 2>/dev/null && pwd) || return 1
 }
 
-host=127.0.0.1
-port=8000
+host=${DS_HOST:-127.0.0.1}
+port=${DS_PORT:-8000}
 model_dir=
 label=local.deepspeech.stt
 system=0
@@ -131,6 +131,7 @@ while [[ $# -gt 0 ]]; do
 		value=${2#*=}
 		[[ $key =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || usage_error "--env: '$key' is not an environment variable name"
 		[[ $key != DS_MODEL_DIR ]] || usage_error "use --model-dir DIR instead of --env DS_MODEL_DIR=DIR"
+		[[ $key != DS_HOST && $key != DS_PORT ]] || usage_error "use --host/--port instead of --env $key=..."
 		check_env_value "$key" "$value"
 		set_env "$key" "$value"
 		shift 2
@@ -201,6 +202,8 @@ if [[ $dry_run == 0 ]] && ! command -v launchctl >/dev/null; then
 fi
 
 # --- render -----------------------------------------------------------------------------------------------------
+set_env DS_HOST "$host"
+set_env DS_PORT "$port"
 # launchd starts jobs with PATH=/usr/bin:/bin:/usr/sbin:/sbin; add the venv and Homebrew.
 has_path=0
 for k in "${env_keys[@]}"; do
@@ -230,8 +233,6 @@ render() {
 		*)
 			line=${line//@LABEL@/$(xml_escape "$label")}
 			line=${line//@PYTHON@/$(xml_escape "$python")}
-			line=${line//@HOST@/$(xml_escape "$host")}
-			line=${line//@PORT@/$port}
 			line=${line//@REPO@/$(xml_escape "$repo")}
 			line=${line//@STDOUT@/$(xml_escape "$stdout_log")}
 			line=${line//@STDERR@/$(xml_escape "$stderr_log")}

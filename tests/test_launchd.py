@@ -153,10 +153,9 @@ def test_agent_plist_renders_a_valid_launchd_job(env: dict[str, str], model_dir:
 
     args = job["ProgramArguments"]
     assert args[0] == str(venv / "bin" / "python") and Path(args[0]).is_absolute()
-    assert args[1:4] == ["-m", "uvicorn", "app.main:app"]
-    assert args[args.index("--host") + 1] == "127.0.0.1"
-    assert args[args.index("--port") + 1] == "8000"
-    assert args[args.index("--timeout-graceful-shutdown") + 1] == "20"
+    assert args[1:] == ["-m", "app"]  # host, port and everything else come from DS_* variables
+    assert job["EnvironmentVariables"]["DS_HOST"] == "127.0.0.1"
+    assert job["EnvironmentVariables"]["DS_PORT"] == "8000"
     assert all(isinstance(a, str) for a in args)
 
     assert job["WorkingDirectory"] == str(REPO)
@@ -193,10 +192,9 @@ def test_options_and_env_pass_through(env: dict[str, str], model_dir: Path, venv
     )
     assert path.name == "org.example.stt.plist"
     assert job["Label"] == "org.example.stt"
-    args = job["ProgramArguments"]
-    assert args[args.index("--host") + 1] == "0.0.0.0"
-    assert args[args.index("--port") + 1] == "8123"
     environment = job["EnvironmentVariables"]
+    assert environment["DS_HOST"] == "0.0.0.0"
+    assert environment["DS_PORT"] == "8123"
     assert environment["DS_BEAM_WIDTH"] == "100"  # from the shell
     assert environment["DS_DECODER"] == "beam"  # --env wins over the shell
     assert environment["DS_COMPUTE_UNITS"] == "CPU_AND_NE"
@@ -264,6 +262,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> 
         (["--env", "NOEQUALS"], ["KEY=VALUE"]),
         (["--env", "1BAD=x"], ["not an environment variable name"]),
         (["--env", "DS_MODEL_DIR=/x"], ["--model-dir"]),
+        (["--env", "DS_PORT=9000"], ["--host/--port"]),
         (["--label", "bad label"], ["--label"]),
         (["--host", "a b"], ["--host"]),
         (["--user", "nobody"], ["--system"]),
@@ -344,7 +343,7 @@ def test_install_and_uninstall_for_real_are_idempotent(
     assert calls[1:3] == [f"print {service}", f"bootout {service}"]
     assert calls[-1] == f"bootstrap gui/{os.getuid()} {plist}"
     job = plistlib.loads(plist.read_bytes())
-    assert job["ProgramArguments"][job["ProgramArguments"].index("--port") + 1] == "8001"
+    assert job["EnvironmentVariables"]["DS_PORT"] == "8001"
     assert job["EnvironmentVariables"]["DS_API_KEY"] == "s3cret"
     assert stat.S_IMODE(plist.stat().st_mode) == 0o600
 

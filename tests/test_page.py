@@ -237,3 +237,55 @@ def test_page_live_partials_final_upload_words_and_downloads(page_server: str, t
     # The 415 above is the one expected failed load (the browser logs it too); anything else is a problem.
     problems = [p for p in problems if "415" not in p]
     assert not problems, problems
+
+
+def test_page_asks_for_the_api_key_and_sends_it(small_model_dir: Path, tmp_path: Path) -> None:
+    """With DS_API_KEY set, the page (public) asks for the key, refuses a wrong one, then sends the right one as
+    `Authorization: Bearer` on uploads and as `?api_key=` on the websocket; the key is never in a URL it loads
+    over HTTP."""
+    wav = speak("turn on the kitchen lights", tmp_path / "speech.wav")
+    key = "page-test-key-7f3a"
+    env = {"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "16", "DS_API_KEY": key}
+    with running_server(env) as base, sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"],
+        )
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            sent: list[tuple[str, str | None]] = []
+            sockets: list[str] = []
+            page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))))
+            page.on("websocket", lambda ws: sockets.append(ws.url))
+            page.goto(f"{base}/")
+            form = page.locator("#key-form")
+            sync_api.expect(form).to_be_visible(timeout=10000)
+            sync_api.expect(page.locator("#key-status")).to_contain_text("Enter the key")
+
+            page.fill("#api-key", "wrong-key")
+            page.get_by_role("button", name="Use this key").click()
+            sync_api.expect(page.locator("#key-status")).to_contain_text("did not accept", timeout=10000)
+
+            page.fill("#api-key", key)
+            page.get_by_role("button", name="Use this key").click()
+            sync_api.expect(page.locator("#service-info")).to_contain_text("Model", timeout=10000)
+            sync_api.expect(form).to_be_hidden()
+
+            payload = base64.b64encode(wav.read_bytes()).decode()
+            drop = page.evaluate_handle(MAKE_DROP, [payload, "speech.wav", "audio/wav"])
+            page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+            page.wait_for_function("window.__sttLog.transcriptions.length === 1", timeout=30000)
+
+            page.get_by_role("button", name="Start recording").click()
+            page.wait_for_function("window.__partials.length >= 1", timeout=20000)
+            page.get_by_role("button", name="Stop recording").click()
+            page.wait_for_function("window.__finals.length === 1", timeout=20000)
+            assert not page.evaluate("window.__sttLog.errors")
+        finally:
+            context.close()
+    uploads = [auth for url, auth in sent if url == f"{base}/transcribe"]
+    assert uploads == [f"Bearer {key}"]
+    assert sockets and all(url.startswith(f"ws{base[4:]}/stream?api_key={key}") for url in sockets)
+    assert not [url for url, _ in sent if key in url]  # HTTP requests carry it in a header only

@@ -27,10 +27,11 @@ def free_port() -> int:
 
 
 def start_server(env: dict[str, str], port: int) -> subprocess.Popen[str]:
+    """`python -m app`, as `make serve` and the launchd job run it: host and port from DS_HOST/DS_PORT."""
     return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "app"],
         cwd=ROOT,
-        env={**os.environ, **env},
+        env={**os.environ, "DS_HOST": "127.0.0.1", "DS_PORT": str(port), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -44,13 +45,14 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
 from app import audio, subtitles
-from app.admission import ServiceBusy
+from app.admission import ServiceBusy, Ticket
 from app.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
 from app.decoding.beam import BeamStream
 from app.engine import Engine
@@ -477,13 +479,20 @@ def _sse(event: dict[str, Any]) -> str:
 
 
 async def transcript_events(
-    engine: Engine, samples: np.ndarray, hot_words: HotWords | None = None
+    engine: Engine,
+    samples: np.ndarray,
+    hot_words: HotWords | None = None,
+    job_seconds: list[float] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
-    """`transcript.text.delta` events as words become certain, then `transcript.text.done`."""
+    """`transcript.text.delta` events as words become certain, then `transcript.text.done`. The seconds spent
+    computing (not waiting on the client) are added to `job_seconds` for the RTF metric."""
     job = IncrementalTranscription(engine, samples, hot_words=hot_words)
     sent = False
     while not job.finished:
+        started = time.perf_counter()
         words = await run_in_threadpool(job.step)
+        if job_seconds is not None:
+            job_seconds[0] += time.perf_counter() - started
         if words:
             yield {"type": "transcript.text.delta", "delta": (" " if sent else "") + " ".join(words)}
             sent = True
@@ -492,13 +501,18 @@ async def transcript_events(
 
 
 async def _event_stream(
-    engine: Engine, samples: np.ndarray, hot_words: HotWords | None
+    request: Request, samples: np.ndarray, hot_words: HotWords | None, ticket: Ticket
 ) -> AsyncIterator[str]:
+    """The SSE body: waits for its worker slot (reserved before the 200 went out), then streams the events."""
+    computing = [0.0]
     try:
-        async for event in transcript_events(engine, samples, hot_words):
-            yield _sse(event)
+        async with ticket:
+            async for event in transcript_events(request.app.state.engine, samples, hot_words, computing):
+                yield _sse(event)
     except InferenceError as exc:  # the status line is sent already: report it as OpenAI's stream error
         yield _sse(_from_app_error(exc).body)
+        return
+    observe_audio(request.app, "/v1/audio/transcriptions", len(samples) / audio.SAMPLE_RATE, computing[0])
 
 
 # --- routes --------------------------------------------------------------------------------------------------
@@ -590,10 +604,12 @@ async def create_transcription(request: Request) -> Response:
         max_seconds = request.app.state.settings.max_audio_seconds
         samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
         if req.stream:
+            ticket = request.app.state.admission.reserve()  # full queue: a 503 now, before the 200 is sent
             return StreamingResponse(
-                _event_stream(engine, samples, hot),
+                _event_stream(request, samples, hot, ticket),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                background=BackgroundTask(ticket.release),  # also when the body never ran (client gone)
             )
         async with request.app.state.admission.inference():
             result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)

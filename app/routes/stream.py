@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -63,8 +64,30 @@ async def finish_stream(session: StreamSession, audio: StreamAudio) -> Transcrip
     return await run_in_threadpool(session.finish)
 
 
+async def final_transcript(session: StreamSession, audio: StreamAudio) -> Transcript:
+    """`finish_stream`, or when the input's tail does not decode, the transcript of what did."""
+    try:
+        return await finish_stream(session, audio)
+    except UnsupportedAudio:
+        return await run_in_threadpool(session.finish)
+
+
 class StreamIdle(TimeoutError):
     """The client sent nothing for DS_STREAM_IDLE_TIMEOUT seconds."""
+
+
+class StreamTooLong(TimeoutError):
+    """The stream reached DS_STREAM_MAX_SECONDS of audio or of wall-clock time: it gets its final and closes."""
+
+
+def check_stream_length(websocket: WebSocket, session: StreamSession) -> None:
+    """Raise StreamTooLong once the stream's audio or its time open passes DS_STREAM_MAX_SECONDS."""
+    limit = websocket.app.state.settings.stream_max_seconds
+    if session.audio_seconds >= limit or time.monotonic() >= websocket.state.deadline:
+        raise StreamTooLong(
+            f"the stream reached its maximum length of {limit:g} s (DS_STREAM_MAX_SECONDS); this is its final "
+            "transcript; open a new stream to go on"
+        )
 
 
 TRY_AGAIN_LATER = 1013  # websocket close code: the server is at its stream limit
@@ -76,6 +99,7 @@ async def admit_stream(websocket: WebSocket) -> bool:
         await websocket.close(TRY_AGAIN_LATER, reason="too many open streams; retry shortly")
         return False
     await websocket.accept()
+    websocket.state.deadline = time.monotonic() + websocket.app.state.settings.stream_max_seconds
     return True
 
 
@@ -83,9 +107,14 @@ async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
     """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
     text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object."""
     idle_timeout = websocket.app.state.settings.stream_idle_timeout
+    remaining = websocket.state.deadline - time.monotonic()
     try:
-        message = await asyncio.wait_for(websocket.receive(), idle_timeout)
+        message = await asyncio.wait_for(websocket.receive(), max(0.0, min(idle_timeout, remaining)))
     except TimeoutError:
+        if remaining <= idle_timeout:
+            raise StreamTooLong(
+                "the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript"
+            ) from None
         raise StreamIdle(
             f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)"
         ) from None
@@ -99,8 +128,12 @@ async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
     return control
 
 
-async def feed_audio(session: StreamSession, audio: StreamAudio, data: bytes) -> str | None:
-    """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio."""
+async def feed_audio(
+    websocket: WebSocket, session: StreamSession, audio: StreamAudio, data: bytes
+) -> str | None:
+    """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio,
+    and StreamTooLong once the stream is over its maximum length (before taking more audio)."""
+    check_stream_length(websocket, session)
     samples = await run_in_threadpool(audio.push, data)
     return await run_in_threadpool(session.feed, samples)
 
@@ -123,7 +156,7 @@ async def stream(websocket: WebSocket) -> None:
             if isinstance(message, bytes):
                 audio = audio or StreamAudio.open()
                 try:
-                    partial = await feed_audio(session, audio, message)
+                    partial = await feed_audio(websocket, session, audio, message)
                 except UnsupportedAudio as exc:
                     await websocket.send_json(_error("bad_frame", str(exc)))
                     continue
@@ -165,6 +198,11 @@ async def stream(websocket: WebSocket) -> None:
         return
     except StreamIdle as exc:
         await websocket.send_json(_error("idle_timeout", str(exc)))
+        await websocket.close(1000)
+    except StreamTooLong as exc:
+        await websocket.send_json(_error("max_duration", str(exc)))
+        transcript = await final_transcript(session, audio or StreamAudio.open())
+        await websocket.send_json(final_message(transcript, session))
         await websocket.close(1000)
     finally:
         websocket.app.state.admission.close_stream()

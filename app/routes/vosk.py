@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from starlette.concurrency import run_in_threadpool
 
 from app.audio import UnsupportedAudio
 from app.decoding import Transcript
@@ -24,9 +23,10 @@ from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
 from app.routes.stream import (
     StreamIdle,
+    StreamTooLong,
     admit_stream,
     feed_audio,
-    finish_stream,
+    final_transcript,
     receive_message,
     stream_options,
 )
@@ -84,7 +84,7 @@ async def vosk(websocket: WebSocket) -> None:
             if isinstance(message, bytes):
                 audio = audio or StreamAudio.open(*spec)
                 try:
-                    await feed_audio(session, audio, message)
+                    await feed_audio(websocket, session, audio, message)
                 except UnsupportedAudio as exc:
                     await websocket.send_json({"error": str(exc)})
                     continue
@@ -110,10 +110,7 @@ async def vosk(websocket: WebSocket) -> None:
                 continue  # Vosk answers nothing to a valid config message
             if control.get("eof") or control.get("reset"):
                 audio = audio or StreamAudio.open(*spec)
-                try:
-                    transcript = await finish_stream(session, audio)
-                except UnsupportedAudio:
-                    transcript = await run_in_threadpool(session.finish)
+                transcript = await final_transcript(session, audio)
                 await websocket.send_json(vosk_result(transcript, words, max_alternatives))
                 if control.get("eof"):
                     await websocket.close(1000)
@@ -128,6 +125,10 @@ async def vosk(websocket: WebSocket) -> None:
         return
     except StreamIdle as exc:
         await websocket.send_json({"error": str(exc)})
+        await websocket.close(1000)
+    except StreamTooLong:  # the final result of what was heard, as for eof
+        transcript = await final_transcript(session, audio or StreamAudio.open(*spec))
+        await websocket.send_json(vosk_result(transcript, words, max_alternatives))
         await websocket.close(1000)
     finally:
         websocket.app.state.admission.close_stream()

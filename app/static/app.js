@@ -18,6 +18,10 @@
   const $ = (id) => document.getElementById(id);
   const ui = {
     serviceInfo: $("service-info"),
+    keyForm: $("key-form"),
+    keyInput: $("api-key"),
+    keyRemember: $("api-key-remember"),
+    keyStatus: $("key-status"),
     modelWarning: $("model-warning"),
     error: $("error"),
     errorText: $("error-text"),
@@ -52,6 +56,7 @@
   }
 
   ui.errorDismiss.addEventListener("click", clearError);
+  ui.keyForm.addEventListener("submit", useKey);
 
   // FastAPI's {"detail": "..."} (or a list of validation problems), OpenAI-style {"error": {"message"}}.
   function detailText(body, response) {
@@ -79,12 +84,59 @@
     }
   }
 
+  // ---------------------------------------------------------------- API key
+
+  // A server with DS_API_KEY answers 401 until the key comes with each request: `Authorization: Bearer` for
+  // fetch, `?api_key=` for the websocket (browsers cannot set its headers). The key is asked for once and kept
+  // for this tab (sessionStorage), or on this browser if the user ticks "remember" (localStorage). A link may
+  // carry it as `#api_key=...`: a fragment never reaches the server or its logs.
+  const KEY_STORE = "ds-api-key";
+  let apiKey = sessionStorage.getItem(KEY_STORE) || localStorage.getItem(KEY_STORE) || "";
+  const fragmentKey = new URLSearchParams(window.location.hash.slice(1)).get("api_key");
+  if (fragmentKey) {
+    apiKey = fragmentKey;
+    sessionStorage.setItem(KEY_STORE, apiKey);
+    history.replaceState(null, "", window.location.pathname + window.location.search);
+  }
+
+  function authHeaders(headers) {
+    return apiKey ? { ...headers, Authorization: `Bearer ${apiKey}` } : headers;
+  }
+
+  function askForKey(message) {
+    ui.keyForm.hidden = false;
+    ui.keyStatus.textContent = message;
+    ui.keyInput.focus();
+  }
+
+  function useKey(event) {
+    event.preventDefault();
+    apiKey = ui.keyInput.value.trim();
+    ui.keyInput.value = "";
+    sessionStorage.setItem(KEY_STORE, apiKey);
+    if (ui.keyRemember.checked) localStorage.setItem(KEY_STORE, apiKey);
+    else localStorage.removeItem(KEY_STORE);
+    ui.keyStatus.textContent = "Checking the key…";
+    loadInfo();
+  }
+
   // ---------------------------------------------------------------- service info
 
   async function loadInfo() {
     try {
-      const response = await fetch("info", { headers: { Accept: "application/json" } });
+      const response = await fetch("info", { headers: authHeaders({ Accept: "application/json" }) });
+      if (response.status === 401) {
+        sessionStorage.removeItem(KEY_STORE);
+        localStorage.removeItem(KEY_STORE);
+        const wasSet = Boolean(apiKey);
+        apiKey = "";
+        askForKey(wasSet ? "The server did not accept that key. Check it and try again." : "Enter the key to use this page.");
+        ui.serviceInfo.textContent = "This server needs an API key.";
+        return;
+      }
       if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      ui.keyForm.hidden = true;
+      ui.keyStatus.textContent = "";
       const info = await response.json();
       const model = info.model || {};
       const runtime = info.runtime || {};
@@ -310,6 +362,7 @@
   function streamUrl() {
     const url = new URL("stream", window.location.href);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+    if (apiKey) url.searchParams.set("api_key", apiKey);
     return url.href;
   }
 
@@ -478,7 +531,7 @@
     try {
       let response;
       try {
-        response = await fetch("transcribe", { method: "POST", body: form, headers: { Accept: "application/json" } });
+        response = await fetch("transcribe", { method: "POST", body: form, headers: authHeaders({ Accept: "application/json" }) });
       } catch (err) {
         throw new Error(`Could not reach the server (${err.message}).`);
       }
