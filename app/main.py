@@ -31,8 +31,13 @@ log = logging.getLogger("app")
 STARTUP_ERRORS = (ModelDirectoryError, ScorerError, AlphabetError, CoreMLUnavailable)
 
 
-def create_app(settings: Settings | None = None, engine: Engine | None = None) -> FastAPI:
-    """Build the app; models load once in the lifespan unless a loaded engine is given (tests, `app` below)."""
+def create_app(
+    settings: Settings | None = None, engine: Engine | None = None, *, owns_engine: bool = False
+) -> FastAPI:
+    """Build the app; models load once in the lifespan unless a loaded engine is given (tests, `app` below).
+
+    The app closes (at shutdown) an engine it loaded, or one given with `owns_engine`; never one that tests share
+    between apps."""
     settings = settings or Settings()
 
     metrics = Metrics()
@@ -48,7 +53,7 @@ def create_app(settings: Settings | None = None, engine: Engine | None = None) -
             health.mark_ready(app, seconds)
         yield
         close = getattr(app.state.engine, "close", None)
-        if close is not None:  # stops the stream batcher's thread
+        if close is not None and (engine is None or owns_engine):  # stops the stream batcher's thread
             close()
 
     app = FastAPI(
@@ -106,7 +111,7 @@ def app_from_environment() -> FastAPI:
         _exit(settings_problems(exc))
     except STARTUP_ERRORS as exc:
         _exit(str(exc))
-    return create_app(settings, engine)
+    return create_app(settings, engine, owns_engine=True)
 
 
 def settings_problems(exc: ValidationError) -> str:
