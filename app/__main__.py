@@ -4,14 +4,47 @@ works too, for those who want uvicorn's other options."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
+from types import FrameType
 
 import uvicorn
 from pydantic import ValidationError
 
-from app.main import settings_problems
+from app.main import app_from_environment, settings_problems
 from app.settings import Settings
+
+log = logging.getLogger("app")
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, except that the first SIGTERM drains the app (app/drain.py) before uvicorn's own shutdown."""
+
+    def __init__(self, config: uvicorn.Config, grace_seconds: float) -> None:
+        super().__init__(config)
+        self.grace_seconds = grace_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining: asyncio.Task[None] | None = None
+
+    async def startup(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._draining is not None or self._loop is None:
+            super().handle_exit(sig, frame)  # Ctrl-C, a second SIGTERM, or before startup: uvicorn's way
+            return
+        self._draining = self._loop.create_task(self._drain())  # a signal handler runs on the loop's thread
+
+    async def _drain(self) -> None:
+        app = app_from_environment()
+        app.state.drain.begin()
+        idle = await app.state.drain.wait_idle(app.state.admission, self.grace_seconds)
+        if idle:
+            log.info("drained: every request and stream finished; shutting down")
+        self.should_exit = True
 
 
 def main() -> int:
@@ -21,15 +54,16 @@ def main() -> int:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("app").critical("cannot start: %s", settings_problems(exc))
         return 1
-    uvicorn.run(
+    config = uvicorn.Config(
         "app.main:app",
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        # SIGTERM (launchd's stop, `kill`): stop accepting, let requests in flight finish for this long.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) or None,
+        timeout_graceful_shutdown=5,  # after the drain, for whatever it left (its grace is over by then)
     )
-    return 0
+    server = DrainingServer(config, settings.shutdown_grace_seconds)
+    server.run()
+    return 0 if server.started else 1
 
 
 if __name__ == "__main__":

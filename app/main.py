@@ -16,6 +16,7 @@ from app.admission import Admission
 from app.alphabet import AlphabetError
 from app.auth import ApiKeyAuth
 from app.decoding import ScorerError
+from app.drain import Drain, DrainMiddleware
 from app.engine import Engine
 from app.errors import install_error_handlers
 from app.limits import UploadLimit
@@ -67,11 +68,13 @@ def create_app(
     app.state.metrics = metrics
     metrics.watch_admission(app.state.admission)
     app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
+    app.state.drain = Drain()  # SIGTERM under `python -m app` (app/__main__.py)
     if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)
         app.state.engine = engine
         metrics.describe_engine(engine, settings.compute_units)
     # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
-    # 401s and 413s included) -> ApiKeyAuth (refuses before any body is read) -> UploadLimit -> the routes.
+    # 401s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) -> ApiKeyAuth
+    # (refuses before any body is read) -> UploadLimit -> the routes.
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     if api_key:
@@ -79,6 +82,7 @@ def create_app(
         redact_api_keys()  # uvicorn logs websocket URLs, `?api_key=` included
     else:
         log.info("DS_API_KEY is not set: every route is open")
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     if settings.cors_origins:  # outermost: preflights are answered before auth, errors carry the headers
         app.add_middleware(
             CORSMiddleware,

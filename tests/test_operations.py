@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
+from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from app.engine import Engine
@@ -24,7 +26,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.test_admission import BlockingEngine, wait_for
 from tests.test_metrics import scrape, value
-from tests.test_server_e2e import ROOT, running_server
+from tests.test_server_e2e import ROOT, free_port, running_server, start_server
 
 
 @pytest.fixture(scope="module")
@@ -224,3 +226,90 @@ def test_client_vanishing_mid_stream_frees_its_slot(server: str, pcm: bytes) -> 
         ws.send(json.dumps({"type": "eof"}))
         messages = [json.loads(raw) for raw in ws]
     assert messages[-1]["type"] == "final"
+
+
+# --- SIGTERM: drain, then exit 0 -------------------------------------------------------------------------------
+
+
+def _wait_healthy(process: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read() if process.stdout else ""
+        try:
+            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    process.kill()
+    pytest.fail("server did not come up in 60 s")
+
+
+def _read_response(sock: socket.socket) -> tuple[int, bytes]:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before a response: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(
+            line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+    )
+    while len(body) < length:
+        body += sock.recv(65536)
+    return int(head.split()[1]), body
+
+
+def test_sigterm_finishes_uploads_and_streams_in_flight_then_exits_0(
+    small_model_dir: Path, speech_wav: Path, pcm: bytes
+) -> None:
+    port = free_port()
+    env = {"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "16", "DS_SHUTDOWN_GRACE_SECONDS": "20"}
+    process = start_server(env, port)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(process, base)
+        # In flight when SIGTERM comes: a stream that sent 1 s of audio, and an upload half sent.
+        ws = connect(f"ws://127.0.0.1:{port}/stream")
+        ws.send(pcm[:32000])
+        body = speech_wav.read_bytes()
+        head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+        tail = b"\r\n--b--\r\n"
+        upload = socket.create_connection(("127.0.0.1", port), timeout=30)
+        upload.sendall(
+            b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {len(head) + len(body) + len(tail)}\r\n\r\n".encode()
+            + head
+            + body[: len(body) // 2]
+        )
+        time.sleep(0.3)
+        process.send_signal(signal.SIGTERM)
+
+        # The stream: an explanation, then the final of the 1 s it sent, then 1001 (going away).
+        messages = []
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                messages.append(json.loads(ws.recv(timeout=15)))
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+        messages = [m for m in messages if m["type"] != "partial"]
+        assert messages[0]["type"] == "error" and messages[0]["code"] == "server_shutdown"
+        assert messages[1]["type"] == "final" and messages[1]["duration"] == pytest.approx(1.0, abs=0.01)
+
+        # New work is refused while the old finishes; health still answers, readiness does not.
+        assert httpx.get(f"{base}/health", timeout=5).status_code == 200
+        assert httpx.get(f"{base}/ready", timeout=5).json() == {"status": "draining"}
+        refused = httpx.post(f"{base}/transcribe", files={"file": ("a.wav", body)}, timeout=10)
+        assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+        assert process.poll() is None, "exited with an upload still in flight"
+
+        upload.sendall(body[len(body) // 2 :] + tail)  # the rest of the upload: it is answered in full
+        status, answer = _read_response(upload)
+        upload.close()
+        assert status == 200 and "text" in json.loads(answer)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        output = process.stdout.read() if process.stdout else ""
+    assert "draining" in output and "Traceback" not in output

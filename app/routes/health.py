@@ -54,13 +54,18 @@ async def health() -> dict[str, str]:
 
 @router.get(
     "/ready",
-    responses={503: {"description": 'not ready yet: `{"status": "starting"}`'}},
+    responses={
+        503: {"description": 'not ready yet (`{"status": "starting"}`) or shutting down (`"draining"`)'}
+    },
 )
 async def ready(request: Request) -> JSONResponse:
     """Readiness: 200 once the models are loaded and the warm-up inference ran, else 503."""
     state = request.app.state
     if getattr(state, "engine", None) is None or not getattr(state, "ready", False):
         return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
+    drain = getattr(state, "drain", None)
+    if drain is not None and drain.draining:
+        return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready"})
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from asyncio import FIRST_COMPLETED
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -24,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app.audio import SAMPLE_RATE, UnsupportedAudio
 from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
+from app.drain import GOING_AWAY, ServerDraining
 from app.engine import Engine
 from app.metrics import stream_closed, stream_opened
 from app.session import StreamSession
@@ -105,19 +107,28 @@ async def admit_stream(websocket: WebSocket) -> bool:
 
 async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
     """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
-    text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object."""
+    text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object,
+    StreamIdle / StreamTooLong at the stream's time limits and ServerDraining when the service shuts down."""
     idle_timeout = websocket.app.state.settings.stream_idle_timeout
     remaining = websocket.state.deadline - time.monotonic()
+    draining = websocket.app.state.drain.event
+    receiving = asyncio.ensure_future(websocket.receive())
+    shutdown = asyncio.ensure_future(draining.wait())
     try:
-        message = await asyncio.wait_for(websocket.receive(), max(0.0, min(idle_timeout, remaining)))
-    except TimeoutError:
+        await asyncio.wait(
+            {receiving, shutdown}, timeout=max(0.0, min(idle_timeout, remaining)), return_when=FIRST_COMPLETED
+        )
+    finally:
+        shutdown.cancel()
+        if not receiving.done():
+            receiving.cancel()
+    if not receiving.done() or receiving.cancelled():
+        if draining.is_set():
+            raise ServerDraining("the server is shutting down; this is the stream's final transcript")
         if remaining <= idle_timeout:
-            raise StreamTooLong(
-                "the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript"
-            ) from None
-        raise StreamIdle(
-            f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)"
-        ) from None
+            raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
+        raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
+    message = receiving.result()
     if message["type"] == "websocket.disconnect":
         raise WebSocketDisconnect(message.get("code", 1000))
     if message.get("bytes") is not None:
@@ -199,11 +210,12 @@ async def stream(websocket: WebSocket) -> None:
     except StreamIdle as exc:
         await websocket.send_json(_error("idle_timeout", str(exc)))
         await websocket.close(1000)
-    except StreamTooLong as exc:
-        await websocket.send_json(_error("max_duration", str(exc)))
+    except (StreamTooLong, ServerDraining) as exc:
+        too_long = isinstance(exc, StreamTooLong)
+        await websocket.send_json(_error("max_duration" if too_long else "server_shutdown", str(exc)))
         transcript = await final_transcript(session, audio or StreamAudio.open())
         await websocket.send_json(final_message(transcript, session))
-        await websocket.close(1000)
+        await websocket.close(1000 if too_long else GOING_AWAY)
     finally:
         websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/stream", session)

@@ -19,6 +19,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from app.audio import UnsupportedAudio
 from app.decoding import Transcript
+from app.drain import GOING_AWAY, ServerDraining
 from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
 from app.routes.stream import (
@@ -126,10 +127,10 @@ async def vosk(websocket: WebSocket) -> None:
     except StreamIdle as exc:
         await websocket.send_json({"error": str(exc)})
         await websocket.close(1000)
-    except StreamTooLong:  # the final result of what was heard, as for eof
+    except (StreamTooLong, ServerDraining) as exc:  # the final result of what was heard, as for eof
         transcript = await final_transcript(session, audio or StreamAudio.open(*spec))
         await websocket.send_json(vosk_result(transcript, words, max_alternatives))
-        await websocket.close(1000)
+        await websocket.close(GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
     finally:
         websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/vosk", session)
