@@ -22,6 +22,7 @@ from app.errors import install_error_handlers
 from app.limits import UploadLimit
 from app.metrics import Instrumentation, Metrics, configure_logging, redact_api_keys
 from app.model_dir import ModelDirectoryError
+from app.resume import ResumableStreams
 from app.routes import health, info, openai, page, stream, transcribe, vosk
 from app.runtime import CoreMLUnavailable
 from app.settings import Settings
@@ -53,6 +54,7 @@ def create_app(
             log.info("warm-up inference done in %.2f s; ready", seconds)
             health.mark_ready(app, seconds)
         yield
+        app.state.resumable.close_all()
         close = getattr(app.state.engine, "close", None)
         if close is not None and (engine is None or owns_engine):  # stops the stream batcher's thread
             close()
@@ -69,6 +71,9 @@ def create_app(
     metrics.watch_admission(app.state.admission)
     app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
     app.state.drain = Drain()  # SIGTERM under `python -m app` (app/__main__.py)
+    app.state.resumable = ResumableStreams(
+        settings.stream_resume_seconds, settings.max_streams, stream.expire_parked(app)
+    )
     if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)
         app.state.engine = engine
         metrics.describe_engine(engine, settings.compute_units)

@@ -45,6 +45,11 @@ class Settings(BaseSettings):
         gt=0,
         description="longest stream, in audio seconds and in wall-clock seconds: then it gets its final and closes",
     )
+    stream_resume_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="how long a resumable stream's state waits for the client to reconnect (0: never)",
+    )
     stream_batching: bool = Field(
         True, description="run the LSTM steps of concurrent streams as one batch (NumPy backend)"
     )

@@ -10,6 +10,15 @@ Protocol (text frames are JSON):
 Server → client: `{"type": "partial", "text"}` whenever the text changes, `{"type": "final", "text", "words",
 "confidence", "duration"}`, and `{"type": "error", "code", "message"}` for a bad message (the stream goes on).
 A client that closes without eof gets no final: a closed websocket cannot carry one.
+
+Resuming after a network blip (app/resume.py): `"resumable": true` in the config makes the server answer
+`{"type": "resumable", "stream_id", "resume_token", "window"}` and acknowledge every binary frame with
+`{"type": "ack", "bytes": N}` (all binary bytes received so far). If the connection drops, the stream's state
+waits `window` seconds (DS_STREAM_RESUME_SECONDS); a new connection whose first message is
+`{"type": "resume", "stream_id", "resume_token", "bytes": last acked N}` gets `{"type": "resumed", "stream_id",
+"resume_token" (a new one: tokens are single-use), "bytes", "text"}` and resends its audio from byte `bytes`
+(the server's count: acks may have been lost with the connection). The transcript goes on as if nothing happened.
+A refused resume (`resume_refused`) leaves an ordinary new stream.
 """
 
 from __future__ import annotations
@@ -18,16 +27,20 @@ import asyncio
 import json
 import time
 from asyncio import FIRST_COMPLETED
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
 from app.audio import SAMPLE_RATE, UnsupportedAudio
+from app.auth import bearer_token, query_key
 from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.drain import GOING_AWAY, ServerDraining
 from app.engine import Engine
-from app.metrics import stream_closed, stream_opened
+from app.metrics import observe_stream, stream_closed, stream_opened
+from app.resume import ResumableStream, ResumableStreams, ResumeRefused
 from app.session import StreamSession
 from app.stream_audio import StreamAudio
 
@@ -149,13 +162,45 @@ async def feed_audio(
     return await run_in_threadpool(session.feed, samples)
 
 
+@dataclass
+class StreamState:
+    """What a /stream connection works on; parked whole when a resumable stream's connection drops."""
+
+    session: StreamSession
+    audio: StreamAudio | None = None
+    bytes_in: int = 0  # binary bytes received and handled (taken, or refused as a bad frame): the ack count
+
+    def close(self) -> None:
+        if self.audio is not None:
+            self.audio.close()
+
+
+def expire_parked(app: Any) -> Callable[[StreamState], None]:
+    """What happens to a parked stream nobody came back for: its decoder is closed, its audio counted."""
+
+    def expire(state: StreamState) -> None:
+        state.close()
+        observe_stream(app, "/stream", state.session)
+
+    return expire
+
+
+def presented_key(websocket: WebSocket) -> bytes | None:
+    """The API key this connection authenticated with (header or `?api_key=`), to bind resume tokens to it."""
+    if not websocket.app.state.settings.api_key:
+        return None
+    return bearer_token(websocket.scope["headers"]) or query_key(websocket.scope.get("query_string", b""))
+
+
 @router.websocket("/stream")
 async def stream(websocket: WebSocket) -> None:
     engine: Engine = websocket.app.state.engine
+    registry: ResumableStreams = websocket.app.state.resumable
     if not await admit_stream(websocket):
         return
-    session = engine.open_stream()
-    audio: StreamAudio | None = None
+    state = StreamState(engine.open_stream())
+    resumable: ResumableStream | None = None
+    parked = False
     stream_opened(websocket.app, "/stream")
     try:
         while True:
@@ -165,47 +210,91 @@ async def stream(websocket: WebSocket) -> None:
                 await websocket.send_json(_error("bad_message", f"not a JSON object: {exc}"))
                 continue
             if isinstance(message, bytes):
-                audio = audio or StreamAudio.open()
+                state.audio = state.audio or StreamAudio.open()
+                state.bytes_in += len(message)
                 try:
-                    partial = await feed_audio(websocket, session, audio, message)
+                    partial = await feed_audio(websocket, state.session, state.audio, message)
                 except UnsupportedAudio as exc:
                     await websocket.send_json(_error("bad_frame", str(exc)))
-                    continue
+                    partial = None
                 if partial is not None:
                     await websocket.send_json({"type": "partial", "text": partial})
+                if resumable is not None:
+                    await websocket.send_json({"type": "ack", "bytes": state.bytes_in})
                 continue
             control = message
             kind = control.get("type")
             if kind == "config":
-                if audio is not None:
+                if state.audio is not None or resumable is not None:
                     await websocket.send_json(_error("bad_config", "config must come before any audio"))
                     continue
                 try:
-                    audio = StreamAudio.open(
+                    state.audio = StreamAudio.open(
                         control.get("format", "pcm"), control.get("sample_rate", SAMPLE_RATE)
                     )
                     hot_words, alternatives = stream_options(control)
                     if hot_words or alternatives != 1:
-                        session = engine.open_stream(hot_words=hot_words, alternatives=alternatives)
+                        state.session = engine.open_stream(hot_words=hot_words, alternatives=alternatives)
                 except ValueError as exc:  # DecodeOptionError is a ValueError too
-                    if audio is not None:
-                        audio.close()
-                        audio = None
+                    state.close()
+                    state.audio = None
                     await websocket.send_json(_error("bad_config", str(exc)))
+                    continue
+                if control.get("resumable") is True:
+                    resumable, token = registry.register(presented_key(websocket))
+                    await websocket.send_json(
+                        {
+                            "type": "resumable",
+                            "stream_id": resumable.stream_id,
+                            "resume_token": token,
+                            "window": registry.window,
+                        }
+                    )
+            elif kind == "resume":
+                if state.audio is not None or resumable is not None or state.bytes_in:
+                    await websocket.send_json(_error("bad_resume", "resume must be the first message"))
+                    continue
+                try:
+                    acked = control.get("bytes")
+                    if not isinstance(acked, int) or isinstance(acked, bool) or acked < 0:
+                        raise ResumeRefused(
+                            "resume needs `bytes`: the acknowledged byte count, an integer >= 0"
+                        )
+                    resumable, parked_state, token = registry.claim(
+                        str(control.get("stream_id")),
+                        str(control.get("resume_token")),
+                        presented_key(websocket),
+                    )
+                except ResumeRefused as exc:
+                    await websocket.send_json(_error("resume_refused", str(exc)))
+                    continue
+                state = parked_state
+                await websocket.send_json(
+                    {
+                        "type": "resumed",
+                        "stream_id": resumable.stream_id,
+                        "resume_token": token,
+                        "bytes": state.bytes_in,  # resend from here (the client may have missed acks)
+                        "text": state.session.partial_text,
+                    }
+                )
             elif kind == "eof":
                 try:
-                    transcript = await finish_stream(session, audio or StreamAudio.open())
+                    transcript = await finish_stream(state.session, state.audio or StreamAudio.open())
                 except UnsupportedAudio as exc:
                     await websocket.send_json(_error("bad_audio", str(exc)))
-                    transcript = await run_in_threadpool(session.finish)
-                await websocket.send_json(final_message(transcript, session))
+                    transcript = await run_in_threadpool(state.session.finish)
+                await websocket.send_json(final_message(transcript, state.session))
                 await websocket.close(1000)
                 return
             else:
                 await websocket.send_json(
-                    _error("bad_message", f"unknown message type {kind!r}; expected config or eof")
+                    _error("bad_message", f"unknown message type {kind!r}; expected config, resume or eof")
                 )
     except WebSocketDisconnect:
+        if resumable is not None and not state.session.finished:
+            registry.park(resumable, state)  # the client may come back within the window
+            parked = True
         return
     except StreamIdle as exc:
         await websocket.send_json(_error("idle_timeout", str(exc)))
@@ -213,11 +302,15 @@ async def stream(websocket: WebSocket) -> None:
     except (StreamTooLong, ServerDraining) as exc:
         too_long = isinstance(exc, StreamTooLong)
         await websocket.send_json(_error("max_duration" if too_long else "server_shutdown", str(exc)))
-        transcript = await final_transcript(session, audio or StreamAudio.open())
-        await websocket.send_json(final_message(transcript, session))
+        transcript = await final_transcript(state.session, state.audio or StreamAudio.open())
+        await websocket.send_json(final_message(transcript, state.session))
         await websocket.close(1000 if too_long else GOING_AWAY)
     finally:
         websocket.app.state.admission.close_stream()
-        stream_closed(websocket.app, "/stream", session)
-        if audio is not None:
-            audio.close()
+        if parked:
+            stream_closed(websocket.app, "/stream")  # its audio is counted when it ends for good
+        else:
+            if resumable is not None:
+                registry.forget(resumable)
+            stream_closed(websocket.app, "/stream", state.session)
+            state.close()
