@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="float16",
         help="Core ML compute precision (float16: half size, Neural Engine; float32: closest to TensorFlow)",
     )
+    parser.add_argument(
+        "--deployment-target",
+        choices=("macOS13", "macOS14"),
+        default="macOS14",  # = coreml_export.DEFAULT_DEPLOYMENT_TARGET (not imported here: it loads coremltools)
+        help="oldest macOS the packages load on (default macOS14: the LSTM runs in float16, the Neural Engine's "
+        "precision); macOS13 keeps the LSTM in float32 (GPU/CPU) and the packages larger",
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--name", default=None, help="model name recorded in the manifest (default: --out's name)"
@@ -56,6 +63,19 @@ def _fail(message: str) -> int:
 
 def _step(message: str) -> None:
     print(f"[convert] {message}", flush=True)
+
+
+def describe_ops(mlmodel: object) -> str:
+    """One line for the log: the package's MIL op types and whether its LSTM is the core op (GPU/ANE) or a
+    while_loop (CPU only)."""
+    from dsconvert import coreml_export
+
+    ops = coreml_export.program_op_types(mlmodel)
+    if "lstm" in ops and "while_loop" not in ops:
+        verdict = f"core lstm op in {coreml_export.lstm_dtype(mlmodel)}, no while_loop"
+    else:
+        verdict = "WARNING: " + ("while_loop (CPU only)" if "while_loop" in ops else "no lstm op")
+    return f"{', '.join(sorted(ops))} ({verdict})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,9 +139,12 @@ def main(argv: list[str] | None = None) -> int:
             (None, md.DYNAMIC_PACKAGE, md.DYNAMIC_GRAPH),
         ):
             kind = "static" if n_steps else "dynamic"
-            _step(f"building and freezing the {kind} TensorFlow graph")
-            frozen = graph.build_frozen_graph(model, alphabet, n_steps)
-            (staging / graph_file).write_bytes(frozen.graph_def.SerializeToString())
+            _step(f"building and freezing the {kind} TensorFlow graphs (native client's, Core ML's)")
+            # The .pb keeps upstream's exact graph (length mask, state at input_lengths-1) for the native
+            # client; Core ML gets the variant without the mask, which coremltools maps to its core lstm op.
+            native = graph.build_frozen_graph(model, alphabet, n_steps)
+            (staging / graph_file).write_bytes(native.graph_def.SerializeToString())
+            frozen = graph.build_frozen_graph(model, alphabet, n_steps, variant="coreml")
             _step(f"converting the {kind} graph to Core ML ({package})")
             meta = {
                 **essentials,
@@ -130,8 +153,14 @@ def main(argv: list[str] | None = None) -> int:
                 "max_steps": str(n_steps or max_steps),
             }
             mlmodel = coreml_export.convert_to_mlpackage(
-                frozen, model.n_cell_dim, meta, max_steps=max_steps, precision=args.precision
+                frozen,
+                model.n_cell_dim,
+                meta,
+                max_steps=max_steps,
+                precision=args.precision,
+                deployment_target=args.deployment_target,
             )
+            _step(f"{package} MIL ops: {describe_ops(mlmodel)}")
             mlmodel.save(str(staging / package))
 
     try:

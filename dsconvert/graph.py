@@ -4,11 +4,23 @@ Node for node as upstream's `create_inference_graph` (DeepSpeech 0.7–0.9, `tra
 names and shapes them, because two consumers depend on those names: coremltools (inputs/outputs of the packages)
 and DeepSpeech's native client (`native_client/tfmodelstate.cc` reads `input_node`'s static shape for n_steps,
 `previous_state_c` for the state size, runs `input_samples`→`mfccs` for features and the `metadata_*` constants).
+
+Two variants of the same network (`build_frozen_graph(..., variant=...)`):
+- `native` (the `.pb` files): upstream's exact form, outputs masked past `input_lengths` and the final state
+  gathered at step `input_lengths - 1`.
+- `coreml` (conversion to Core ML only): every step is valid, the final state is `cs[-1]`/`h[-1]` and nothing
+  is masked. Nothing uses `input_lengths`, so freezing drops it and the packages have no such input (a
+  stream's short tail runs through the dynamic package at its exact length). That is the one form
+  coremltools' `tf_lstm_to_core_lstm` pass maps to MIL's core `lstm` op (it needs the cell-state sequence
+  consumed only by slices of its last step); upstream's gather at a runtime index makes coremltools unroll
+  the LSTM into a `while_loop`, which runs on the CPU only. For inputs whose steps are all valid (a full
+  static chunk, a dynamic window of exactly the valid steps) both variants compute the same function.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import tensorflow as tf
@@ -47,10 +59,15 @@ METADATA_NAMES = (
 )
 
 
+GraphVariant = Literal["native", "coreml"]
+GRAPH_VARIANTS: tuple[GraphVariant, ...] = ("native", "coreml")
+
+
 @dataclass(frozen=True)
 class FrozenGraph:
     graph_def: tf.compat.v1.GraphDef
     n_steps: int | None  # None: dynamic time axis
+    variant: GraphVariant = "native"
 
 
 def _dense(name: str, x: tf.Tensor, units: int, relu: bool = True) -> tf.Tensor:
@@ -63,6 +80,40 @@ def _dense(name: str, x: tf.Tensor, units: int, relu: bool = True) -> tf.Tensor:
     return output
 
 
+def _block_lstm(
+    x: tf.Tensor,
+    seq_len_max: tf.Tensor,
+    state_c: tf.Tensor,
+    state_h: tf.Tensor,
+    kernel: tf.Tensor,
+    bias: tf.Tensor,
+    n_cell: int,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """One fused `BlockLSTM` as `LSTMBlockFusedCell(forget_bias=0)` emits it; returns the (cs, h) sequences."""
+    no_peephole = tf.zeros([n_cell], dtype=tf.float32)
+    _, cs, _, _, _, _, h = tf.raw_ops.BlockLSTM(
+        seq_len_max=seq_len_max,
+        x=x,
+        cs_prev=state_c,
+        h_prev=state_h,
+        w=kernel,
+        wci=no_peephole,
+        wcf=no_peephole,
+        wco=no_peephole,
+        b=bias,
+        forget_bias=0.0,
+        cell_clip=-1.0,
+        use_peephole=False,
+    )
+    return cs, h
+
+
+def _lstm_variables(n_input: int, n_cell: int) -> tuple[tf.Variable, tf.Variable]:
+    kernel = tfv1.get_variable("kernel", [n_input + n_cell, 4 * n_cell], initializer=tfv1.zeros_initializer())
+    bias = tfv1.get_variable("bias", [4 * n_cell], initializer=tfv1.zeros_initializer())
+    return kernel, bias
+
+
 def _fused_lstm(
     x: tf.Tensor, seq_length: tf.Tensor, state_c: tf.Tensor, state_h: tf.Tensor, n_cell: int
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -73,27 +124,10 @@ def _fused_lstm(
     graph has no Shape/StridedSlice ops, which the native client's selective kernel registration lacks.
     """
     with tfv1.variable_scope(LSTM_SCOPE):
-        kernel = tfv1.get_variable(
-            "kernel", [x.shape[-1] + n_cell, 4 * n_cell], initializer=tfv1.zeros_initializer()
-        )
-        bias = tfv1.get_variable("bias", [4 * n_cell], initializer=tfv1.zeros_initializer())
+        kernel, bias = _lstm_variables(x.shape[-1], n_cell)
         time_len = x.shape[0] if x.shape[0] is not None else tf.shape(x)[0]
         max_len = tf.cast(tf.reduce_max(seq_length), tf.int64)
-        no_peephole = tf.zeros([n_cell], dtype=tf.float32)
-        _, cs, _, _, _, _, h = tf.raw_ops.BlockLSTM(
-            seq_len_max=max_len,
-            x=x,
-            cs_prev=state_c,
-            h_prev=state_h,
-            w=kernel,
-            wci=no_peephole,
-            wcf=no_peephole,
-            wco=no_peephole,
-            b=bias,
-            forget_bias=0.0,
-            cell_clip=-1.0,
-            use_peephole=False,
-        )
+        cs, h = _block_lstm(x, max_len, state_c, state_h, kernel, bias, n_cell)
         mask = tf.transpose(tf.sequence_mask(seq_length, time_len, dtype=tf.float32), [1, 0])
         mask = tf.tile(tf.expand_dims(mask, -1), [1, 1, n_cell])
         outputs = h * mask
@@ -101,6 +135,25 @@ def _fused_lstm(
         all_h = tf.concat([tf.expand_dims(state_h, 0), outputs], 0)
         index = tf.stack([seq_length, tf.range(1)], axis=1)
         return outputs, tf.gather_nd(all_c, index), tf.gather_nd(all_h, index)
+
+
+def _fused_lstm_all_valid(
+    x: tf.Tensor, state_c: tf.Tensor, state_h: tf.Tensor, n_cell: int
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The Core ML variant: every one of x's steps is valid, so no mask and the final state is `cs[-1]`/`h[-1]`.
+
+    `cs` feeds nothing but the slice of its last step and `h` is used whole: the pattern `tf_lstm_to_core_lstm`
+    maps to MIL's `lstm(output_sequence=True)`. `seq_len_max` is the whole time axis (the core op has no
+    sequence length, so TF must not stop early either).
+    """
+    with tfv1.variable_scope(LSTM_SCOPE):
+        kernel, bias = _lstm_variables(x.shape[-1], n_cell)
+        if x.shape[0] is not None:
+            seq_len_max = tf.constant(x.shape[0], dtype=tf.int64)
+        else:
+            seq_len_max = tf.cast(tf.shape(x)[0], tf.int64)
+        cs, h = _block_lstm(x, seq_len_max, state_c, state_h, kernel, bias, n_cell)
+        return h, cs[-1], h[-1]
 
 
 def _feature_branch() -> None:
@@ -131,8 +184,16 @@ def _metadata(alphabet: Alphabet) -> None:
     tf.constant(alphabet.serialize(), dtype=tf.string, name="metadata_alphabet")
 
 
-def build_frozen_graph(weights: DeepSpeechWeights, alphabet: Alphabet, n_steps: int | None) -> FrozenGraph:
-    """Build `create_inference_graph(batch_size=1, n_steps)` with these weights and freeze it."""
+def build_frozen_graph(
+    weights: DeepSpeechWeights, alphabet: Alphabet, n_steps: int | None, variant: GraphVariant = "native"
+) -> FrozenGraph:
+    """Build `create_inference_graph(batch_size=1, n_steps)` with these weights and freeze it.
+
+    `variant="native"` is upstream's exact graph (what the native client loads); `"coreml"` is the form
+    converted to Core ML (see the module docstring): same names, same weights, no length mask.
+    """
+    if variant not in GRAPH_VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(GRAPH_VARIANTS)}, got {variant!r}")
     n_cell = weights.n_cell_dim
     n_classes = weights.n_classes
     graph = tf.Graph()
@@ -150,7 +211,10 @@ def build_frozen_graph(weights: DeepSpeechWeights, alphabet: Alphabet, n_steps: 
         x = _dense("layer_2", x, weights.arrays["layer_2/bias"].shape[0])
         x = _dense("layer_3", x, weights.arrays["layer_3/bias"].shape[0])
         x = tf.reshape(x, [-1, 1, x.shape[-1]])
-        output, new_c, new_h = _fused_lstm(x, seq_length, state_c, state_h, n_cell)
+        if variant == "native":
+            output, new_c, new_h = _fused_lstm(x, seq_length, state_c, state_h, n_cell)
+        else:
+            output, new_c, new_h = _fused_lstm_all_valid(x, state_c, state_h, n_cell)
         output = tf.reshape(output, [-1, n_cell])
         x = _dense("layer_5", output, weights.arrays["layer_5/bias"].shape[0])
         x = _dense("layer_6", x, n_classes, relu=False)
@@ -174,7 +238,7 @@ def build_frozen_graph(weights: DeepSpeechWeights, alphabet: Alphabet, n_steps: 
             )
         frozen = tfv1.graph_util.extract_sub_graph(frozen, output_nodes)
     strip_default_attrs(frozen)
-    return FrozenGraph(frozen, n_steps)
+    return FrozenGraph(frozen, n_steps, variant)
 
 
 def strip_default_attrs(graph_def: tf.compat.v1.GraphDef) -> None:
@@ -204,18 +268,16 @@ def run_graph(
     state_c: np.ndarray,
     state_h: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Run the frozen graph once (the reference the Core ML packages and the NumPy runtime are checked against)."""
+    """Run the frozen graph once (the reference the Core ML packages and the NumPy runtime are checked against).
+
+    The `coreml` variant has no `input_lengths` (every step of `windows` is valid): `lengths` is not fed to it.
+    """
     graph = tf.Graph()
     with graph.as_default():
         tf.graph_util.import_graph_def(frozen.graph_def, name="")
+    feed = {"input_node:0": windows, "previous_state_c:0": state_c, "previous_state_h:0": state_h}
+    if frozen.variant == "native":
+        feed["input_lengths:0"] = lengths
     with tfv1.Session(graph=graph) as session:
-        fetched = session.run(
-            [f"{name}:0" for name in OUTPUT_NAMES],
-            {
-                "input_node:0": windows,
-                "input_lengths:0": lengths,
-                "previous_state_c:0": state_c,
-                "previous_state_h:0": state_h,
-            },
-        )
+        fetched = session.run([f"{name}:0" for name in OUTPUT_NAMES], feed)
     return dict(zip(OUTPUT_NAMES, fetched, strict=True))

@@ -14,10 +14,12 @@ fp16 device with float32 accumulation; Core ML's kernels may accumulate differen
 error. `precision="fp32"` instead keeps fp16-declared values in float32 (the fp16 weights keep their
 fp16-rounded values): it separates "the program computes the same function" from "fp16 loses this much".
 
-What the DeepSpeech packages contain: no `lstm` op. coremltools' TF frontend maps BlockLSTM to `tf_lstm_block`
-and its `expand_tf_lstm` pass unrolls that into a `while_loop` (gather, linear, split, sigmoid/tanh, scatter)
-over all T steps, ignoring `seq_len_max`; graph.py masks h past each length and gathers the state at step
-length-1, so the extra steps never reach an output. The `lstm` handler is there for programs that keep it.
+What the DeepSpeech packages contain: MIL's core `lstm` op (forward, output_sequence=True, sigmoid/tanh/tanh, no
+peephole or clip), converted from the graph's `coreml` variant whose state is the last step's. coremltools'
+`tf_lstm_to_core_lstm` pass makes that op only when the BlockLSTM's cell-state sequence feeds nothing but a
+slice of its last step; upstream's masked graph (state gathered at step input_lengths-1) is instead unrolled by
+`expand_tf_lstm` into a `while_loop` (gather, linear, split, sigmoid/tanh, scatter), which this evaluator runs
+too, for packages converted before the change.
 
 Not a runtime: no speed, no batching, and ops the DeepSpeech packages do not use are refused by name.
 """
@@ -125,17 +127,27 @@ def load_program(path: str | Path) -> LoadedProgram:
     )
 
 
-def _walk(block: Any) -> Iterable[Any]:
+def walk_ops(block: Any) -> Iterable[Any]:
+    """A MIL block's (or function's) operations in program order, each followed by those of its nested blocks."""
     for op in block.operations:
         yield op
         for inner in op.blocks:
-            yield from _walk(inner)
+            yield from walk_ops(inner)
 
 
-def op_types(program: str | Path | LoadedProgram) -> set[str]:
-    """The MIL op types a package uses, nested blocks included (to see what a verifier must cover)."""
-    loaded = program if isinstance(program, LoadedProgram) else load_program(program)
-    return {op.op_type for op in _walk(loaded.function)}
+def op_types(program: str | Path | LoadedProgram | Any) -> set[str]:
+    """The MIL op types a package uses, nested blocks included (to see what a verifier must cover).
+
+    Takes a package path, a `LoadedProgram`, or a coremltools MIL `Program` (what `ct.convert` keeps as
+    `model._mil_program`: its main function is read, no package needed).
+    """
+    if isinstance(program, LoadedProgram):
+        function = program.function
+    elif isinstance(program, str | Path):
+        function = load_program(program).function
+    else:
+        function = program.functions["main"]
+    return {op.op_type for op in walk_ops(function)}
 
 
 # ------------------------------------------------------------------------------------------------- evaluation
@@ -213,6 +225,8 @@ class _Evaluator:
                     f"for it; supported: {', '.join(sorted(supported_op_types()))}"
                 )
             args = {name: self.argument(arg) for name, arg in op.inputs.items()}
+            if op.op_type == "lstm":  # its state is rounded per step to the dtype it declares
+                args["_step_dtype"] = _declared_dtype(op.outputs[2], self.precision)
             try:
                 results = handler(args)
             except MilEvalError as exc:
@@ -603,16 +617,22 @@ _LSTM_ACTIVATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 @_handles("lstm")
 def _lstm(a: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """MIL `lstm` (iOS15/iOS17 recurrent.py), forward direction only.
+    """MIL `lstm` (iOS15 recurrent.py; iOS17 only adds fp16), forward direction, as its definition states it.
 
-    x (s, b, I); weight_ih (4H, I) and weight_hh (4H, H) with gate rows in the order input, forget, output,
-    cell (z); bias (4H,) = input + recurrent bias. Returns (all h or last h as (1, b, H), h_s, c_s). Variants
-    whose semantics this verifier cannot pin down from the definition (reverse/bidirectional, peephole, clip,
-    scaled/hard activations with their implicit alpha/beta) are refused rather than guessed. The recurrence
-    runs in float32 inside the op; only its three results are rounded to the declared dtype.
+    x (s, b, I); initial_h, initial_c (b, H); weight_ih (4H, I) and weight_hh (4H, H) with gate rows in the
+    order input, forget, output, cell ("ifoz"); bias (4H,) = input + recurrent bias, default zeros. Per step:
+    i, f, o = recurrent_activation(.), z = cell_activation(.), c = f*c + i*z, h = o*activation(c).
+    Returns (all h (s, b, H) if output_sequence else last h (1, b, H), last h (b, H), last c (b, H)).
+
+    Gates are computed in float32; h and c are rounded to the op's declared dtype after every step (an fp16
+    op carries fp16 state from step to step; `_step_dtype`, set by the evaluator). Variants this verifier
+    cannot pin down from the definition are refused rather than guessed: reverse/bidirectional (the output
+    order is not stated), peephole (its terms are not in the equations), clip ("cell gate is clipped": before
+    or after the activation is not stated), scaled_tanh/hard_sigmoid (implicit alpha/beta).
     """
-    if a.get("direction", "forward") != "forward":
-        raise MilEvalError(f"lstm direction {a['direction']!r} is not supported (forward only)")
+    direction = a.get("direction", "forward")
+    if direction != "forward":
+        raise MilEvalError(f"lstm direction {direction!r} is not supported (forward only)")
     if "clip" in a or ("peephole" in a and np.any(a["peephole"])):
         raise MilEvalError("lstm with clip or non-zero peephole is not supported")
     acts = []
@@ -621,21 +641,39 @@ def _lstm(a: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ("cell_activation", "tanh"),
         ("activation", "tanh"),
     ):
-        name = a.get(key, default)
+        name = str(a.get(key, default)).lower()  # the definition validates them lower-cased
         if name not in _LSTM_ACTIVATIONS:
             raise MilEvalError(f"lstm {key} {name!r} is not supported")
         acts.append(_LSTM_ACTIVATIONS[name])
     gate_act, cell_act, out_act = acts
     x, w_ih, w_hh = a["x"], a["weight_ih"], a["weight_hh"]
     h, c = a["initial_h"], a["initial_c"]
+    step_dtype = np.dtype(a.get("_step_dtype", np.float32))
+    if x.ndim != 3:
+        raise MilEvalError(f"lstm x must be (s, b, I), got {x.shape}")
+    steps, batch, n_in = x.shape
+    if steps == 0:
+        raise MilEvalError("lstm over zero steps")
     hidden = w_hh.shape[1]
     bias = a.get("bias", np.zeros(4 * hidden, dtype=np.float32))
+    expected = {
+        "weight_ih": (w_ih.shape, (4 * hidden, n_in)),
+        "weight_hh": (w_hh.shape, (4 * hidden, hidden)),
+        "bias": (bias.shape, (4 * hidden,)),
+        "initial_h": (h.shape, (batch, hidden)),
+        "initial_c": (c.shape, (batch, hidden)),
+    }
+    for name, (got, want) in expected.items():
+        if tuple(got) != want:
+            raise MilEvalError(f"lstm {name} has shape {tuple(got)}, expected {want}")
+    # The x projection of all steps at once (independent of the recurrence), then one step at a time.
+    gates_x = x @ w_ih.T + bias
     outputs = []
-    for t in range(x.shape[0]):
-        gates = x[t] @ w_ih.T + h @ w_hh.T + bias
+    for t in range(steps):
+        gates = gates_x[t] + h @ w_hh.T
         i, f, o, z = (gates[:, k * hidden : (k + 1) * hidden] for k in range(4))
-        c = gate_act(f) * c + gate_act(i) * cell_act(z)
-        h = gate_act(o) * out_act(c)
+        c = (gate_act(f) * c + gate_act(i) * cell_act(z)).astype(step_dtype).astype(np.float32)
+        h = (gate_act(o) * out_act(c)).astype(step_dtype).astype(np.float32)
         outputs.append(h)
     sequence = np.stack(outputs) if bool(a.get("output_sequence", False)) else h[np.newaxis]
     return sequence, h, c

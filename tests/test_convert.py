@@ -88,10 +88,9 @@ def test_package_interface(small_model_dir: Path, package: str) -> None:
     spec = ct.utils.load_spec(str(small_model_dir / package))
     assert spec.WhichOneof("Type") == "mlProgram"
     float32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
-    int32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.INT32
     inputs = _io(spec, "input")
-    assert list(inputs) == ["input_node", "input_lengths", "previous_state_c", "previous_state_h"]
-    assert inputs["input_lengths"].dataType == int32 and list(inputs["input_lengths"].shape) == [1]
+    # No input_lengths: the packages take valid steps only (a stream's tail goes to the dynamic package).
+    assert list(inputs) == ["input_node", "previous_state_c", "previous_state_h"]
     for name in ("input_node", "previous_state_c", "previous_state_h"):
         assert inputs[name].dataType == float32, f"{name} must stay float32 (not FLOAT16)"
     assert list(inputs["previous_state_c"].shape) == [1, SMALL_WIDTH]
@@ -108,6 +107,19 @@ def test_package_interface(small_model_dir: Path, package: str) -> None:
     assert json.loads(meta["alphabet"]) == list(ENGLISH.labels)
     assert meta["n_hidden"] == str(SMALL_WIDTH) and meta["n_classes"] == "29"
     assert meta["n_steps"] == ("16" if package == md.STATIC_PACKAGE else "0")
+    assert "every step of input_node is valid" in meta["valid_steps"]
+    assert meta["lstm"] == "core lstm op (fp16)" and meta["deployment_target"] == "macOS14"
+
+
+@pytest.mark.parametrize("package", [md.STATIC_PACKAGE, md.DYNAMIC_PACKAGE])
+def test_package_runs_the_core_lstm_op(small_model_dir: Path, package: str) -> None:
+    """The LSTM is MIL's core `lstm` op, which Core ML can run on the GPU / Neural Engine, not a `while_loop`
+    (CPU only), in both packages `scripts/convert.py` writes."""
+    from dsconvert import mil_eval
+
+    ops = mil_eval.op_types(small_model_dir / package)
+    print(f"\n{package} MIL ops: {', '.join(sorted(ops))}")
+    assert "lstm" in ops and "while_loop" not in ops
 
 
 # --- the frozen TensorFlow graphs ----------------------------------------------------------------------------
@@ -135,6 +147,8 @@ def test_static_graph_is_shaped_like_upstreams_export(small_model_dir: Path) -> 
     assert [d.size for d in nodes["input_samples"].attr["shape"].shape.dim] == [512]
     ops = {n.op for n in graph_def.node}
     assert "BlockLSTM" in ops and "StridedSlice" not in ops and "Shape" not in ops
+    # Upstream's form, not the Core ML variant: the state is gathered at input_lengths-1.
+    assert "GatherNd" in ops and nodes["input_lengths"].op == "Placeholder"
     # Defaults that TF 2.3 (the native client) does not know are stripped.
     assert all("bad_indices_policy" not in n.attr for n in graph_def.node if n.op == "GatherNd")
     metadata = {
@@ -195,7 +209,7 @@ def test_converts_an_upstream_style_output_graph(
     assert json.loads((out / md.MANIFEST_NAME).read_text())["source"]["kind"] == "graph"
 
 
-def test_width_and_classes_are_read_from_the_variables(tmp_path: Path) -> None:
+def test_width_and_classes_are_read_from_the_variables(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from dsconvert.cli import main
 
     labels = Alphabet(tuple("abc "))
@@ -211,6 +225,9 @@ def test_width_and_classes_are_read_from_the_variables(tmp_path: Path) -> None:
         str(out),
     ]
     assert main([*args, "--max-steps", "64"]) == 0
+    log = capsys.readouterr().out
+    for package in (md.STATIC_PACKAGE, md.DYNAMIC_PACKAGE):
+        assert f"[convert] {package} MIL ops: " in log and "(core lstm op in fp16, no while_loop)" in log
     loaded = md.load_model_directory(out)
     assert (loaded.manifest.n_hidden, loaded.manifest.n_classes, loaded.manifest.dynamic_max_steps) == (
         24,

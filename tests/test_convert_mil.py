@@ -1,12 +1,19 @@
-"""The converted `.mlpackage`s compute what their TensorFlow graphs compute, proven on Linux.
+"""The converted `.mlpackage`s compute what upstream's TensorFlow graph computes, proven on Linux.
 
 Core ML predicts only on macOS, so `dsconvert.mil_eval` evaluates each package's ML Program op by op with NumPy
-and these tests compare it with `dsconvert.graph.run_graph` on the same inputs and non-zero LSTM states.
+and these tests compare it with `dsconvert.graph.run_graph` on upstream's (native) graph, on the same inputs and
+non-zero LSTM states.
+
+The packages are converted from the graph's `coreml` variant (no length mask, state after the last step: MIL's
+core `lstm` op instead of a `while_loop`), so they take only valid steps: a package run on the first `length`
+windows is compared with upstream's graph run on all of them with `input_lengths` = length (the windows past
+it hold real, non-zero content, or zeros for a stream's padded tail).
 
 Two comparisons per case:
-- exactness: the program evaluated in float32 against the TF graph built with the same fp16-rounded weights the
-  package stores. Only float32 summation order differs, so any conversion mistake (gate order, masking, state
-  gather, padding) shows up orders of magnitude above the tolerance.
+- exactness: the program evaluated in float32 against upstream's graph built with the weights the package
+  stores (fp16-rounded, except the LSTM's, which the macOS 13 target keeps in float32). Only float32 summation
+  order differs, so any conversion mistake (gate order, state, time axis) shows up orders of magnitude above
+  the tolerance.
 - the issue's criteria: the program evaluated in the precision it declares (fp16 ops, fp16 weights) against
   the float32 TF graph: argmax per valid frame 100% equal, probabilities within 1e-4, states within 1e-2.
 
@@ -19,7 +26,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +36,13 @@ tf = pytest.importorskip("tensorflow")
 ct = pytest.importorskip("coremltools")
 
 from app.alphabet import ENGLISH  # noqa: E402
+from app.runtime.base import STATIC_STEPS, LstmState, pad_chunk  # noqa: E402
+from app.runtime.coreml_backend import CoreMLAcousticModel  # noqa: E402
+from app.runtime.numpy_backend import NumpyAcousticModel  # noqa: E402
 from dsconvert import mil_eval  # noqa: E402
 from dsconvert.coreml_export import convert_to_mlpackage  # noqa: E402
 from dsconvert.graph import FrozenGraph, build_frozen_graph, run_graph  # noqa: E402
-from dsconvert.weights import DeepSpeechWeights, random_weights  # noqa: E402
+from dsconvert.weights import LSTM_BIAS, LSTM_KERNEL, DeepSpeechWeights, random_weights  # noqa: E402
 
 WIDTH = 64
 SENTENCE = "the quick brown fox jumps over the lazy dog while seven wizards quietly judge the boxing match"
@@ -40,16 +50,27 @@ SENTENCE = "the quick brown fox jumps over the lazy dog while seven wizards quie
 # The issue's acceptance criteria for the fp16 package against the float32 TF graph.
 PROB_TOLERANCE = 1e-4
 STATE_TOLERANCE = 1e-2
-# Exactness (float32 evaluation vs TF with fp16-rounded weights): float32 rounding only.
+# Exactness (float32 evaluation vs TF with the package's stored weights): float32 rounding only.
 EXACT_PROB_TOLERANCE = 1e-5  # big logits (confident outputs) amplify float32 rounding to ~1e-6
 EXACT_STATE_RELATIVE = 1e-5  # of max(1, largest |state|): c grows with the sequence
 
 
-@dataclass(frozen=True)
+@dataclass
 class Converted:
-    frozen: FrozenGraph  # float32 weights: the reference
-    frozen_fp16_weights: FrozenGraph  # the weights the package stores, in a float32 graph
+    """One package and upstream's native graphs (static and dynamic) to check it against, built on demand."""
+
+    weights: DeepSpeechWeights
     program: mil_eval.LoadedProgram
+    n_steps: int | None
+    _graphs: dict[tuple[int | None, bool], FrozenGraph] = field(default_factory=dict, repr=False)
+
+    def reference(self, n_steps: int | None, stored: bool) -> FrozenGraph:
+        """Upstream's graph with float32 weights, or (stored=True) with the weights the package stores."""
+        key = (n_steps, stored)
+        if key not in self._graphs:
+            weights = _stored_weights(self.weights, self.program) if stored else self.weights
+            self._graphs[key] = build_frozen_graph(weights, ENGLISH, n_steps)
+        return self._graphs[key]
 
 
 @dataclass(frozen=True)
@@ -66,18 +87,33 @@ class Diffs:
         return max(self.state_c, self.state_h)
 
 
-def _fp16_rounded(weights: DeepSpeechWeights) -> DeepSpeechWeights:
-    return DeepSpeechWeights({k: v.astype(np.float16).astype(np.float32) for k, v in weights.arrays.items()})
+def _lstm_op(program: mil_eval.LoadedProgram):  # noqa: ANN202 (a coremltools MIL Operation)
+    (op,) = [op for op in mil_eval.walk_ops(program.function) if op.op_type == "lstm"]
+    return op
 
 
-def _convert(weights: DeepSpeechWeights, n_steps: int | None, out: Path) -> Converted:
-    frozen = build_frozen_graph(weights, ENGLISH, n_steps)
-    convert_to_mlpackage(frozen, weights.n_cell_dim, {}).save(str(out))
-    return Converted(
-        frozen=frozen,
-        frozen_fp16_weights=build_frozen_graph(_fp16_rounded(weights), ENGLISH, n_steps),
-        program=mil_eval.load_program(out),
+def _stored_weights(weights: DeepSpeechWeights, program: mil_eval.LoadedProgram) -> DeepSpeechWeights:
+    """The weights a float16 package stores: dense layers fp16-rounded; the LSTM's only where its op is fp16
+    (the iOS 17 opset); with the macOS 13 target the core lstm op is fp32-only and keeps float32 weights."""
+    from coremltools.converters.mil.mil import types
+
+    lstm_fp16 = _lstm_op(program).inputs["weight_ih"].dtype == types.fp16
+    return DeepSpeechWeights(
+        {
+            k: v
+            if k in (LSTM_KERNEL, LSTM_BIAS) and not lstm_fp16
+            else v.astype(np.float16).astype(np.float32)
+            for k, v in weights.arrays.items()
+        }
     )
+
+
+def _convert(
+    weights: DeepSpeechWeights, n_steps: int | None, out: Path, deployment_target: str = "macOS13"
+) -> Converted:
+    frozen = build_frozen_graph(weights, ENGLISH, n_steps, variant="coreml")
+    convert_to_mlpackage(frozen, weights.n_cell_dim, {}, deployment_target=deployment_target).save(str(out))
+    return Converted(weights, mil_eval.load_program(out), n_steps)
 
 
 def _speech_windows(directory: Path) -> np.ndarray | None:
@@ -109,7 +145,7 @@ def _speech_windows(directory: Path) -> np.ndarray | None:
 
 
 def _inputs(kind: str, speech: np.ndarray | None, steps: int, length: int, n_cell: int, seed: int) -> dict:
-    """Windows of `steps` frames (`length` valid), random non-zero LSTM state (h in (-1, 1) like a real h)."""
+    """Upstream's inputs: windows of `steps` frames (`length` valid), random non-zero LSTM state (h in (-1, 1))."""
     rng = np.random.default_rng(seed)
     if kind == "speech":
         if speech is None:
@@ -133,14 +169,25 @@ def _tail(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return inputs
 
 
+def _package_inputs(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """What the package takes for upstream's inputs: the valid windows only, no input_lengths."""
+    length = int(inputs["input_lengths"][0])
+    return {
+        "input_node": inputs["input_node"][:, :length],
+        "previous_state_c": inputs["previous_state_c"],
+        "previous_state_h": inputs["previous_state_h"],
+    }
+
+
 def _diffs(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], frames: int, tolerance: float) -> Diffs:
-    """Max abs differences, and argmax agreement overall and on the frames a `tolerance` error cannot flip.
+    """Max abs differences over the first `frames` (valid) frames, and argmax agreement overall and on the
+    frames a `tolerance` error cannot flip.
 
     Where the reference's two best classes are closer than 2 x tolerance, outputs that agree within tolerance
     may still pick different classes (random weights give flat outputs: margins of 1e-6 occur, below the fp16
     grid, so both classes round to one fp16 value). Those frames are counted, not required to agree.
     """
-    assert out["logits"].shape == ref["logits"].shape
+    assert out["logits"].shape == (frames, *ref["logits"].shape[1:])
     assert out["new_state_c"].shape == ref["new_state_c"].shape
     got, want = out["logits"][:frames, 0], ref["logits"][:frames, 0]
     top2 = np.sort(want, axis=-1)[:, -2:]
@@ -156,22 +203,32 @@ def _diffs(out: dict[str, np.ndarray], ref: dict[str, np.ndarray], frames: int, 
     )
 
 
-def _verify(model: Converted, inputs: dict[str, np.ndarray], label: str) -> tuple[Diffs, Diffs]:
-    """Exactness over all frames, then the issue's criteria over the valid frames; returns both diffs."""
+def _verify(
+    model: Converted, inputs: dict[str, np.ndarray], label: str, upstream_steps: int | None | str = "same"
+) -> tuple[Diffs, Diffs]:
+    """The package on the valid windows against upstream's graph on all of `inputs` with input_lengths:
+    exactness, then the issue's criteria, over the valid frames; returns both diffs.
+
+    `upstream_steps`: which of upstream's graphs is the reference (16: static, None: dynamic); by default the
+    one the package was converted from.
+    """
+    graph_steps = model.n_steps if upstream_steps == "same" else upstream_steps
+    assert graph_steps is None or isinstance(graph_steps, int)
     args = [inputs[k] for k in ("input_node", "input_lengths", "previous_state_c", "previous_state_h")]
     length = int(inputs["input_lengths"][0])
+    package_inputs = _package_inputs(inputs)
 
-    exact_ref = run_graph(model.frozen_fp16_weights, *args)
-    exact_out = mil_eval.evaluate(model.program, inputs, precision="fp32")
-    exact = _diffs(exact_out, exact_ref, len(exact_ref["logits"]), EXACT_PROB_TOLERANCE)
+    exact_ref = run_graph(model.reference(graph_steps, stored=True), *args)
+    exact_out = mil_eval.evaluate(model.program, package_inputs, precision="fp32")
+    exact = _diffs(exact_out, exact_ref, length, EXACT_PROB_TOLERANCE)
     state_scale = max(1.0, float(np.abs(exact_ref["new_state_c"]).max()))
 
-    ref = run_graph(model.frozen, *args)
-    fp16 = _diffs(mil_eval.evaluate(model.program, inputs), ref, length, PROB_TOLERANCE)
+    ref = run_graph(model.reference(graph_steps, stored=False), *args)
+    fp16 = _diffs(mil_eval.evaluate(model.program, package_inputs), ref, length, PROB_TOLERANCE)
     print(
         f"\n{label}: fp16 program vs fp32 TF: probs {fp16.probs:.2e}, c {fp16.state_c:.2e}, h {fp16.state_h:.2e}, "
         f"argmax {fp16.argmax_agreement:.1%} ({fp16.decisive_agreement:.0%} of frames with margin > 2e-4, "
-        f"{fp16.near_ties} near ties) | fp32 evaluation vs TF(fp16 weights): probs {exact.probs:.1e}, "
+        f"{fp16.near_ties} near ties) | fp32 evaluation vs TF(stored weights): probs {exact.probs:.1e}, "
         f"states {exact.states:.1e} (|c| up to {state_scale:.1f}, max p {ref['logits'][:length].max():.3f})"
     )
 
@@ -211,9 +268,15 @@ def test_static_full_chunk(static_model: Converted, speech: np.ndarray | None, k
 
 
 @pytest.mark.parametrize("kind", ["speech", "normal"])
-def test_static_tail_chunk(static_model: Converted, speech: np.ndarray | None, kind: str) -> None:
-    """The last chunk of a stream: 5 windows, zero-padded to 16 as the native client pads them."""
-    _verify(static_model, _tail(_inputs(kind, speech, 16, 5, WIDTH, seed=2)), f"static 5/16 {kind}")
+def test_tail_chunk_through_the_dynamic_package(
+    dynamic_model: Converted, speech: np.ndarray | None, kind: str
+) -> None:
+    """The last chunk of a stream: its 5 windows through the dynamic package (what the Core ML backend does)
+    give what upstream's static graph gives for them zero-padded to 16 with input_lengths = 5."""
+    inputs = _tail(_inputs(kind, speech, 16, 5, WIDTH, seed=2))
+    _verify(
+        dynamic_model, inputs, f"tail 5 (dynamic package) vs upstream static 5/16 {kind}", upstream_steps=16
+    )
 
 
 @pytest.mark.parametrize("steps,length", [(1, 1), (16, 16), (37, 37), (16, 5), (37, 20)])
@@ -221,9 +284,115 @@ def test_static_tail_chunk(static_model: Converted, speech: np.ndarray | None, k
 def test_dynamic(
     dynamic_model: Converted, speech: np.ndarray | None, kind: str, steps: int, length: int
 ) -> None:
-    # Frames past input_lengths keep their real (non-zero) content: the state must still come from step length-1.
+    """The dynamic package on `length` windows against upstream's dynamic graph on `steps` windows with
+    input_lengths = length. The windows past it keep their real (non-zero) content: upstream's state must
+    come from step length-1, the package's from its last step."""
     inputs = _inputs(kind, speech, steps, length, WIDTH, seed=steps + length)
-    _verify(dynamic_model, inputs, f"dynamic {length}/{steps} {kind}")
+    _verify(dynamic_model, inputs, f"dynamic {length} vs upstream {length}/{steps} {kind}")
+
+
+class MilEvalMLModel:
+    """Stands in for `coremltools.models.MLModel` on Linux: `predict` evaluates the package's ML Program with
+    `mil_eval` (refusing undeclared or missing inputs and out-of-range shapes, as Core ML does)."""
+
+    def __init__(self, program: mil_eval.LoadedProgram) -> None:
+        self.program = program
+        self.input_description = {spec.name for spec in program.inputs}
+        self.feeds: list[dict[str, np.ndarray]] = []
+
+    def predict(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.feeds.append(feed)
+        return mil_eval.evaluate(self.program, feed)
+
+
+@pytest.mark.parametrize("kind", ["speech", "normal"])
+def test_stream_through_the_coreml_backend(
+    static_model: Converted, dynamic_model: Converted, weights: DeepSpeechWeights, speech, kind: str
+) -> None:
+    """A stream of 3 full chunks and a 5-window tail through `CoreMLAcousticModel` running the packages (with
+    the MIL evaluator in place of Core ML), the state carried across chunks: same probabilities and state as
+    upstream's static graph chunk by chunk (tail zero-padded, input_lengths = 5), as the NumPy backend, and as
+    upstream's dynamic graph in one pass."""
+    n_windows = 3 * STATIC_STEPS + 5
+    inputs = _inputs(kind, speech, n_windows, n_windows, WIDTH, seed=11)
+    windows = inputs["input_node"][0]
+    start = LstmState(inputs["previous_state_c"], inputs["previous_state_h"])
+    fakes = {"static": MilEvalMLModel(static_model.program), "dynamic": MilEvalMLModel(dynamic_model.program)}
+    backend = CoreMLAcousticModel(
+        Path("static"), Path("dynamic"), WIDTH, 29, 1000, load=lambda path, units: fakes[path.name]
+    )
+
+    upstream = static_model.reference(STATIC_STEPS, stored=False)
+    state, ref_c, ref_h = start, start.c, start.h
+    parts, ref_parts = [], []
+    for offset in range(0, n_windows, STATIC_STEPS):
+        chunk, length = pad_chunk(windows[offset : offset + STATIC_STEPS])
+        probs, state = backend.run_chunk(chunk, length, state)
+        ref = run_graph(upstream, chunk[None], np.array([length], np.int32), ref_c, ref_h)
+        ref_c, ref_h = ref["new_state_c"], ref["new_state_h"]
+        parts.append(probs)
+        ref_parts.append(ref["logits"][:length, 0])
+    probs, want = np.concatenate(parts), np.concatenate(ref_parts)
+
+    # Full chunks went to the static package, the tail unpadded to the dynamic one; nobody got input_lengths.
+    assert [f["input_node"].shape[1] for f in fakes["static"].feeds] == [16, 16, 16]
+    assert [f["input_node"].shape[1] for f in fakes["dynamic"].feeds] == [5]
+    assert all("input_lengths" not in f for fake in fakes.values() for f in fake.feeds)
+
+    numpy_backend = NumpyAcousticModel(weights.arrays, max_steps=1000)
+    numpy_probs, numpy_state = numpy_backend.run_window(windows, start)
+    one_pass = run_graph(static_model.reference(None, stored=False), *(inputs[k] for k in (
+        "input_node", "input_lengths", "previous_state_c", "previous_state_h")))  # fmt: skip
+    top2 = np.sort(want, axis=-1)[:, -2:]
+    decisive = top2[:, 1] - top2[:, 0] > 2 * PROB_TOLERANCE
+    print(
+        f"\nstream {n_windows} {kind} through the Core ML backend: probs {np.abs(probs - want).max():.2e}, "
+        f"c {np.abs(state.c - ref_c).max():.2e}, h {np.abs(state.h - ref_h).max():.2e} vs upstream chunk by chunk"
+    )
+    assert probs.shape == want.shape == (n_windows, 29)
+    assert np.abs(probs - want).max() <= PROB_TOLERANCE
+    assert max(np.abs(state.c - ref_c).max(), np.abs(state.h - ref_h).max()) <= STATE_TOLERANCE
+    assert np.array_equal(probs.argmax(-1)[decisive], want.argmax(-1)[decisive])
+    # The references agree with each other in float32 (the chunked stream is the one pass, state carried).
+    np.testing.assert_allclose(numpy_probs, want, atol=1e-5)
+    np.testing.assert_allclose(one_pass["logits"][:, 0], want, atol=1e-5)
+    np.testing.assert_allclose(numpy_state.c, ref_c, atol=1e-4)
+    np.testing.assert_allclose(one_pass["new_state_h"], ref_h, atol=1e-5)
+
+
+def test_packages_use_the_core_lstm_op(static_model: Converted, dynamic_model: Converted) -> None:
+    """What makes them fast on a Mac: MIL's core `lstm` op (GPU / Neural Engine), no `while_loop` (CPU)."""
+    for name, model in (("static", static_model), ("dynamic", dynamic_model)):
+        ops = mil_eval.op_types(model.program)
+        print(f"\n{name} package MIL ops: {', '.join(sorted(ops))}")
+        assert "lstm" in ops and "while_loop" not in ops, f"{name}: {sorted(ops)}"
+        assert ops <= mil_eval.supported_op_types()
+        lstm = _lstm_op(model.program)
+        assert lstm.inputs["output_sequence"].val and lstm.inputs["direction"].val == "forward"
+    assert [spec.name for spec in static_model.program.inputs] == [
+        "input_node",
+        "previous_state_c",
+        "previous_state_h",
+    ]
+
+
+def test_upstream_graph_keeps_the_masked_lstm(weights: DeepSpeechWeights) -> None:
+    """The native client's graph is upstream's form (length mask + state gathered at input_lengths-1); only
+    the Core ML variant drops them, and for inputs whose steps are all valid both compute the same."""
+    native = build_frozen_graph(weights, ENGLISH, 16)
+    coreml = build_frozen_graph(weights, ENGLISH, 16, variant="coreml")
+    native_ops = {n.op for n in native.graph_def.node}
+    coreml_ops = {n.op for n in coreml.graph_def.node}
+    assert "GatherNd" in native_ops and "StridedSlice" not in native_ops
+    assert "GatherNd" not in coreml_ops and "input_lengths" not in {n.name for n in coreml.graph_def.node}
+    inputs = _inputs("normal", None, 16, 16, WIDTH, seed=4)
+    args = [inputs[k] for k in ("input_node", "input_lengths", "previous_state_c", "previous_state_h")]
+    want = run_graph(native, *args)
+    got = run_graph(coreml, *args)  # input_lengths (16) is not fed: the variant has no such placeholder
+    for name in ("logits", "new_state_c", "new_state_h"):
+        np.testing.assert_allclose(got[name], want[name], atol=1e-6)
+    with pytest.raises(ValueError, match="variant='coreml'"):
+        convert_to_mlpackage(native, WIDTH, {})
 
 
 def test_program_uses_only_handled_ops(static_model: Converted, dynamic_model: Converted) -> None:
@@ -232,13 +401,18 @@ def test_program_uses_only_handled_ops(static_model: Converted, dynamic_model: C
 
 
 def test_refuses_inputs_core_ml_would_refuse(static_model: Converted) -> None:
-    too_long = _inputs("normal", None, 17, 17, WIDTH, seed=0)
+    too_long = _package_inputs(_inputs("normal", None, 17, 17, WIDTH, seed=0))
     with pytest.raises(mil_eval.MilEvalError, match="input_node has shape"):
         mil_eval.evaluate(static_model.program, too_long)
-    missing = _inputs("normal", None, 16, 16, WIDTH, seed=0)
+    short = _package_inputs(_inputs("normal", None, 16, 5, WIDTH, seed=0))
+    with pytest.raises(mil_eval.MilEvalError, match="input_node has shape"):
+        mil_eval.evaluate(static_model.program, short)  # the static package takes full chunks only
+    missing = _package_inputs(_inputs("normal", None, 16, 16, WIDTH, seed=0))
     del missing["previous_state_h"]
     with pytest.raises(mil_eval.MilEvalError, match="needs input 'previous_state_h'"):
         mil_eval.evaluate(static_model.program, missing)
+    with pytest.raises(mil_eval.MilEvalError, match="has no inputs named input_lengths"):
+        mil_eval.evaluate(static_model.program, _inputs("normal", None, 16, 16, WIDTH, seed=0))
 
 
 def _mil_package(build, out: Path, precision=None) -> Path:  # noqa: ANN001 (a coremltools MIL program)
@@ -264,9 +438,10 @@ def test_unknown_op_is_refused_by_name(tmp_path: Path) -> None:
         mil_eval.evaluate_package(package, {"x": np.ones((2, 3), np.float32)})
 
 
-def test_lstm_op_matches_tensorflow_block_lstm(tmp_path: Path) -> None:
-    """The `lstm` handler (unused by today's packages: the converter lowers BlockLSTM to a while_loop) against
-    TF's BlockLSTM with DeepSpeech's kernel layout: checks MIL's gate order (i, f, o, z) and weight layout."""
+@pytest.mark.parametrize("output_sequence", [True, False])
+def test_lstm_op_matches_tensorflow_block_lstm(tmp_path: Path, output_sequence: bool) -> None:
+    """The `lstm` handler on an op built by hand (not by the converter) against TF's BlockLSTM with DeepSpeech's
+    kernel layout: checks MIL's gate order (i, f, o, z) and weight layout independently of coremltools' pass."""
     from coremltools.converters.mil import Builder as mb
 
     steps, n_in, n_cell = 7, 10, 8
@@ -290,7 +465,7 @@ def test_lstm_op_matches_tensorflow_block_lstm(tmp_path: Path) -> None:
             weight_ih=to_mil(kernel[:n_in]).T,
             weight_hh=to_mil(kernel[n_in:]).T,
             bias=to_mil(bias),
-            output_sequence=True,
+            output_sequence=output_sequence,
         )
 
     loaded = mil_eval.load_program(_mil_package(program, tmp_path / "lstm.mlpackage"))
@@ -306,9 +481,33 @@ def test_lstm_op_matches_tensorflow_block_lstm(tmp_path: Path) -> None:
         seq_len_max=np.int64(steps), x=x, cs_prev=c0, h_prev=h0, w=kernel, wci=no_peephole, wcf=no_peephole,
         wco=no_peephole, b=bias, forget_bias=0.0, cell_clip=-1.0, use_peephole=False,
     )  # fmt: skip
-    np.testing.assert_allclose(sequence, ref.h.numpy(), atol=1e-6)
+    np.testing.assert_allclose(sequence, ref.h.numpy() if output_sequence else ref.h.numpy()[-1:], atol=1e-6)
     np.testing.assert_allclose(h, ref.h.numpy()[-1], atol=1e-6)
     np.testing.assert_allclose(c, ref.cs.numpy()[-1], atol=1e-6)
+
+
+def test_lstm_variants_the_definition_leaves_open_are_refused(tmp_path: Path) -> None:
+    from coremltools.converters.mil import Builder as mb
+
+    n_in, n_cell = 3, 2
+    w_ih, w_hh = np.ones((4 * n_cell, n_in), np.float32), np.ones((4 * n_cell, n_cell), np.float32)
+
+    @mb.program(
+        input_specs=[mb.TensorSpec((4, 1, n_in)), mb.TensorSpec((1, n_cell)), mb.TensorSpec((1, n_cell))],
+        opset_version=ct.target.macOS13,
+    )
+    def program(x, h0, c0):  # noqa: ANN001, ANN202
+        return mb.lstm(x=x, initial_h=h0, initial_c=c0, weight_ih=w_ih, weight_hh=w_hh, direction="reverse")
+
+    package = _mil_package(program, tmp_path / "reverse.mlpackage")
+    names = [spec.name for spec in mil_eval.load_program(package).inputs]
+    values = (
+        np.ones((4, 1, n_in), np.float32),
+        np.zeros((1, n_cell), np.float32),
+        np.zeros((1, n_cell), np.float32),
+    )
+    with pytest.raises(mil_eval.MilEvalError, match="direction 'reverse' is not supported"):
+        mil_eval.evaluate_package(package, dict(zip(names, values, strict=True)))
 
 
 def test_fp16_error_on_confident_outputs(
@@ -327,10 +526,13 @@ def test_fp16_error_on_confident_outputs(
     kind = "speech" if speech is not None else "normal"
     inputs = _inputs(kind, speech, 37, 37, WIDTH, seed=5)
     args = [inputs[k] for k in ("input_node", "input_lengths", "previous_state_c", "previous_state_h")]
-    exact_ref = run_graph(model.frozen_fp16_weights, *args)
-    exact = _diffs(mil_eval.evaluate(model.program, inputs, "fp32"), exact_ref, 37, EXACT_PROB_TOLERANCE)
-    ref = run_graph(model.frozen, *args)
-    fp16 = _diffs(mil_eval.evaluate(model.program, inputs), ref, 37, PROB_TOLERANCE)
+    package_inputs = _package_inputs(inputs)
+    exact_ref = run_graph(model.reference(None, stored=True), *args)
+    exact = _diffs(
+        mil_eval.evaluate(model.program, package_inputs, "fp32"), exact_ref, 37, EXACT_PROB_TOLERANCE
+    )
+    ref = run_graph(model.reference(None, stored=False), *args)
+    fp16 = _diffs(mil_eval.evaluate(model.program, package_inputs), ref, 37, PROB_TOLERANCE)
     print(
         f"\nconfident 37/37 {kind}: max p {ref['logits'].max():.4f}; fp16 program {fp16}; fp32 evaluation {exact}"
     )
@@ -341,7 +543,7 @@ def test_fp16_error_on_confident_outputs(
 
 @pytest.mark.slow
 def test_real_width_2048(tmp_path: Path) -> None:
-    """DeepSpeech's real width: the static package on one chunk, the dynamic one on 50 steps (speech input)."""
+    """DeepSpeech's real width: the static package on one chunk, the dynamic one on a tail and 50 steps."""
     started = time.monotonic()
     weights = random_weights(2048, seed=7)
     speech = _speech_windows(tmp_path)
@@ -350,6 +552,29 @@ def test_real_width_2048(tmp_path: Path) -> None:
     dynamic = _convert(weights, None, tmp_path / "dynamic.mlpackage")
     converted = time.monotonic()
     _verify(static, _inputs(kind, speech, 16, 16, 2048, seed=1), f"2048 static 16/16 {kind}")
-    _verify(static, _tail(_inputs(kind, speech, 16, 5, 2048, seed=2)), f"2048 static 5/16 {kind}")
+    tail = _tail(_inputs(kind, speech, 16, 5, 2048, seed=2))
+    _verify(dynamic, tail, f"2048 tail 5 (dynamic) vs upstream static 5/16 {kind}", upstream_steps=16)
     _verify(dynamic, _inputs(kind, speech, 50, 50, 2048, seed=3), f"2048 dynamic 50/50 {kind}")
     print(f"\n2048: conversions {converted - started:.1f} s, checks {time.monotonic() - converted:.1f} s")
+
+
+def test_macos14_target_runs_the_lstm_in_float16(
+    weights: DeepSpeechWeights, tmp_path: Path, speech: np.ndarray | None
+) -> None:
+    """`--deployment-target macOS14`: the iOS 17 opset's core lstm takes fp16, so the whole program is fp16
+    (the Neural Engine's precision; macOS 13's lstm is fp32-only). The fp16 LSTM carries fp16 state from step
+    to step (the evaluator rounds h and c per step); the issue's bounds still hold."""
+    from coremltools.converters.mil.mil import types
+
+    kind = "speech" if speech is not None else "normal"
+    static = _convert(weights, 16, tmp_path / "static14.mlpackage", deployment_target="macOS14")
+    dynamic = _convert(weights, None, tmp_path / "dynamic14.mlpackage", deployment_target="macOS14")
+    for model in (static, dynamic):
+        ops = mil_eval.op_types(model.program)
+        assert "lstm" in ops and "while_loop" not in ops and ops <= mil_eval.supported_op_types()
+        lstm = _lstm_op(model.program)
+        assert lstm.outputs[0].dtype == types.fp16 and lstm.inputs["weight_hh"].dtype == types.fp16
+    _verify(static, _inputs(kind, speech, 16, 16, WIDTH, seed=1), f"macOS14 static 16/16 {kind}")
+    tail = _tail(_inputs(kind, speech, 16, 5, WIDTH, seed=2))
+    _verify(dynamic, tail, f"macOS14 tail 5 vs upstream static 5/16 {kind}", upstream_steps=16)
+    _verify(dynamic, _inputs(kind, speech, 37, 20, WIDTH, seed=57), f"macOS14 dynamic 20 vs 20/37 {kind}")

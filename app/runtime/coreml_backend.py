@@ -2,6 +2,14 @@
 
 A thin adapter: it only feeds the packages what the graph's placeholders take (names, float32/int32, shapes) and
 hands the LSTM state back. Everything else (streaming, state ownership, decoding) is shared with the NumPy backend.
+
+The packages run MIL's core `lstm` op (GPU / Neural Engine) because they are converted from a graph without a
+length mask: every step they are given is valid and the state they return is the last step's. So a stream's
+tail chunk (fewer than 16 valid windows) must not be zero-padded into the static package (the padding steps
+would run through the LSTM and move the state); it runs through the dynamic package at its exact length,
+which is what upstream's graph computes for the padded chunk with `input_lengths` = the tail's length.
+Packages converted before that change still declare `input_lengths` (and mask with it); they are fed it, so
+both kinds of model directory work.
 """
 
 from __future__ import annotations
@@ -41,6 +49,12 @@ def _load_mlmodel(path: Path, compute_units: str) -> Any:
     return ct.models.MLModel(str(path), compute_units=ct.ComputeUnit[compute_units])
 
 
+def _declares_input(model: Any, name: str) -> bool:
+    """Whether a loaded model declares an input (coremltools refuses a feed with undeclared names)."""
+    description = getattr(model, "input_description", None)
+    return description is not None and name in description
+
+
 class CoreMLAcousticModel(AcousticModel):
     backend = "coreml"
 
@@ -64,6 +78,9 @@ class CoreMLAcousticModel(AcousticModel):
         self.max_steps = max_steps
         self._static = load(static_package, compute_units)
         self._dynamic = load(dynamic_package, compute_units)
+        # Packages converted before the core-lstm change declare (and need) input_lengths; current ones do not.
+        self._static_lengths = _declares_input(self._static, "input_lengths")
+        self._dynamic_lengths = _declares_input(self._dynamic, "input_lengths")
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "compute_units": self.compute_units}
@@ -75,22 +92,29 @@ class CoreMLAcousticModel(AcousticModel):
             )
         if length == 0:
             return np.zeros((0, self.n_classes), np.float32), state
-        return self._predict(self._static, windows, length, state)
+        if length < STATIC_STEPS:
+            # The static package has no length mask (every step is valid, state after step 16), so the tail
+            # runs unpadded through the dynamic package: the state after step `length`, as upstream computes.
+            return self._predict(self._dynamic, self._dynamic_lengths, windows[:length], state)
+        return self._predict(self._static, self._static_lengths, windows, state)
 
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         if not 1 <= windows.shape[0] <= self.max_steps:
             raise ValueError(f"the dynamic model takes 1..{self.max_steps} windows, got {windows.shape[0]}")
-        return self._predict(self._dynamic, windows, windows.shape[0], state)
+        return self._predict(self._dynamic, self._dynamic_lengths, windows, state)
 
     def _predict(
-        self, model: Any, windows: np.ndarray, length: int, state: LstmState
+        self, model: Any, takes_lengths: bool, windows: np.ndarray, state: LstmState
     ) -> tuple[np.ndarray, LstmState]:
+        """One prediction over windows that are all valid (the static package gets exactly 16)."""
+        length = windows.shape[0]
         feed = {
             "input_node": np.ascontiguousarray(windows[None], np.float32),
-            "input_lengths": np.array([length], np.int32),
             "previous_state_c": np.ascontiguousarray(state.c, np.float32),
             "previous_state_h": np.ascontiguousarray(state.h, np.float32),
         }
+        if takes_lengths:
+            feed["input_lengths"] = np.array([length], np.int32)
         try:
             out = model.predict(feed)
         except Exception as exc:  # Core ML raises plain RuntimeErrors with its own messages
