@@ -12,7 +12,7 @@ import numpy as np
 from app.decoding import Decoder, HotWords, Transcript, build_decoder
 from app.features import context_window_blocks, mfcc
 from app.model_dir import ModelDirectory, load_model_directory
-from app.runtime import AcousticModel, LstmState, load_acoustic_model
+from app.runtime import AcousticModel, BatchingModel, LstmState, load_acoustic_model
 from app.session import StreamSession
 from app.settings import Settings
 
@@ -29,9 +29,16 @@ class Transcription:
 class Engine:
     """Everything loaded once at startup and shared by all requests and streams (each with its own state)."""
 
-    def __init__(self, model_dir: ModelDirectory, model: AcousticModel, decoder: Decoder) -> None:
+    def __init__(
+        self,
+        model_dir: ModelDirectory,
+        model: AcousticModel,
+        decoder: Decoder,
+        stream_model: AcousticModel | None = None,
+    ) -> None:
         self.model_dir = model_dir
-        self.model = model
+        self.model = model  # whole files (transcribe), in the caller's thread
+        self.stream_model = model if stream_model is None else stream_model  # streams' 16-step chunks
         self.decoder = decoder
         self.load_seconds: float | None = None  # set by load()
 
@@ -56,7 +63,7 @@ class Engine:
                 "Convert a real DeepSpeech checkpoint with scripts/convert.py and set DS_MODEL_DIR.",
                 model_dir.path,
             )
-        engine = cls(model_dir, model, decoder)
+        engine = cls(model_dir, model, decoder, stream_model_for(model, settings))
         engine.load_seconds = time.monotonic() - started
         return engine
 
@@ -88,7 +95,13 @@ class Engine:
         self, *, hot_words: Mapping[str, float] | HotWords | None = None, alternatives: int = 1
     ) -> StreamSession:
         """A new stream with its own state, hot words and N-best setting (invalid ones raise at once)."""
-        return StreamSession(self.model, self.decoder.stream(hot_words=hot_words, alternatives=alternatives))
+        decoder = self.decoder.stream(hot_words=hot_words, alternatives=alternatives)
+        return StreamSession(self.stream_model, decoder)
+
+    def close(self) -> None:
+        """Stop the stream batcher's thread, if there is one (the app's shutdown calls this; idempotent)."""
+        if isinstance(self.stream_model, BatchingModel):
+            self.stream_model.close()
 
     def info(self) -> dict[str, object]:
         manifest = self.model_dir.manifest
@@ -103,6 +116,20 @@ class Engine:
                 "static_steps": manifest.n_steps,
                 "dynamic_max_steps": manifest.dynamic_max_steps,
             },
-            "runtime": self.model.describe(),
+            "runtime": self.stream_model.describe(),  # the model's, plus stream batching when on
             "decoder": self.decoder.describe(),
         }
+
+
+def stream_model_for(model: AcousticModel, settings: Settings) -> AcousticModel:
+    """The model streams use: `model` wrapped in a BatchingModel when DS_STREAM_BATCHING is on and the backend
+    computes several chunks in one pass; else `model` itself.
+
+    Core ML is not batched: the static .mlpackage is converted with batch 1, so its run_chunks is a loop of
+    batch-1 predictions and a batcher would only add a thread hop. Batching there needs a package re-converted
+    with a batch dimension (flexible or enumerated shapes); left out.
+    """
+    if not getattr(settings, "stream_batching", True) or not model.batched_chunks:
+        return model
+    wait_ms = float(getattr(settings, "stream_batch_wait_ms", 2.0))
+    return BatchingModel(model, max_wait_s=wait_ms / 1000.0)

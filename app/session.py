@@ -10,6 +10,7 @@ Knows nothing about websockets: the transport layer feeds it samples and sends w
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 
@@ -30,6 +31,10 @@ class StreamSession:
         self._batch = np.zeros((STATIC_STEPS, WINDOW_FRAMES, N_MFCC), np.float32)
         self._batch_fill = 0
         self._state = LstmState.zeros(model.n_cell_dim)
+        # Tell the model a stream is open (the batching wrapper counts them) until finish(), close() or, for a
+        # session dropped without either (a client gone), garbage collection.
+        self._detach = weakref.finalize(self, model.attach_stream())
+        self._detach.atexit = False
         self._last_partial = ""
         self._finished = False
         self.samples_in = 0
@@ -69,12 +74,19 @@ class StreamSession:
             raise StreamFinished("finish() was already called")
         self._finished = True
         started = time.perf_counter()
-        self._add_windows(self._features.finish())
-        if self._batch_fill:
-            self._run_batch(self._batch_fill)
+        try:
+            self._add_windows(self._features.finish())
+            if self._batch_fill:
+                self._run_batch(self._batch_fill)
+        finally:
+            self._detach()
         transcript = self._decoder.finish()
         self.processing_seconds += time.perf_counter() - started
         return transcript
+
+    def close(self) -> None:
+        """Stop counting as an open stream on the model without a final (idempotent; finish() does it too)."""
+        self._detach()
 
     def _add_windows(self, windows: np.ndarray) -> None:
         taken = 0

@@ -98,7 +98,7 @@ class _GreedyDecoderStream:
         self._stream.feed(probs)
 
     def partial(self) -> Transcript:
-        return self._stream.result().transcript
+        return self._stream.partial()
 
     def finish(self) -> Transcript:
         return _single_alternative(self._stream.result().transcript, self._alternatives)

@@ -80,10 +80,10 @@ from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary
 
 from app.alphabet import ENGLISH, Alphabet
-from app.decoding.greedy import check_probs, ctc_collapse
+from app.decoding.greedy import GrowingTranscript, check_probs
 from app.decoding.hotwords import NO_HOT_WORDS, HotWords, validate_alternatives, validate_hot_words
 from app.decoding.scorer_file import read_scorer
-from app.decoding.timings import Alternative, CharToken, Transcript, transcript_from_tokens
+from app.decoding.timings import Alternative, Transcript
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # upstream's NUM_FLT_MIN
 LN10 = math.log(10.0)
@@ -303,6 +303,8 @@ class BeamStream:
     decoding at once take twice as long as one), so parallel streams need processes, not threads.
     Pruning caveat (flashlight's design): prune keeps every hypothesis alive at the commit point but drops
     their histories, so the committed prefix is the best path at pruning time and is never revised.
+    Cost: the committed prefix's words are built once (GrowingTranscript), so partial() and stable_words()
+    cost the frames since the last prune (at most prune_interval), not the length of the stream.
     """
 
     def __init__(
@@ -318,8 +320,10 @@ class BeamStream:
         self._decoder.decode_begin()
         self._frames = 0  # frames fed
         self._pruned = 0  # frames whose path is committed (flashlight's nPrunedFrames_)
-        self._committed_path: list[int] = []  # best-path token per committed frame
-        self._committed_conf: list[np.ndarray] = []  # chosen-token probability per committed frame
+        # Best-path token per committed frame (a list append per prune): kept for tests/test_stream_decoding.py's
+        # reference collapse, which checks stable_words() against the all-frames computation.
+        self._committed_path: list[int] = []
+        self._committed = GrowingTranscript(self._alphabet)  # committed frames' words and confidences
         self._pending: list[np.ndarray] = []  # probabilities of frames not committed yet
         self._finished: Transcript | None = None
 
@@ -356,7 +360,7 @@ class BeamStream:
         self._decoder.prune(look_back)
         pending = np.concatenate(self._pending)
         self._committed_path += path
-        self._committed_conf.append(pending[np.arange(committed), path].astype(np.float64))
+        self._committed.commit(np.asarray(path), pending[np.arange(committed), path].astype(np.float64))
         self._pending = [pending[committed:]]
         self._pruned += committed
 
@@ -373,26 +377,48 @@ class BeamStream:
 
     def _text(self, tokens_after_pruned: Sequence[int]) -> str:
         """Normalised text of a hypothesis (committed path + its tokens), without timings."""
-        path = np.asarray(self._committed_path + self._tail(tokens_after_pruned), dtype=np.int64)
-        labels = self._alphabet.labels
-        return " ".join(
-            "".join(labels[lab] for lab, _ in ctc_collapse(path, self._alphabet.blank_index)).split()
-        )
+        return self._committed.text(self._tail(tokens_after_pruned))
 
-    def _transcript(self, tokens_after_pruned: Sequence[int]) -> Transcript:
-        n_pending = self._frames - self._pruned
-        blank = self._alphabet.blank_index
+    def _transcript(self, tokens_after_pruned: Sequence[int], *, exact: bool = False) -> Transcript:
+        """Committed path + this hypothesis's tokens as a Transcript; `exact`: see GrowingTranscript."""
         tail = self._tail(tokens_after_pruned)
-        path = np.asarray(self._committed_path + tail, dtype=np.int64)
-        conf_parts = list(self._committed_conf)
-        if n_pending:
+        tail_conf = None
+        if self._frames - self._pruned:
             pending = np.concatenate(self._pending) if len(self._pending) != 1 else self._pending[0]
             self._pending = [pending]
-            conf_parts.append(pending[np.arange(len(tail)), tail].astype(np.float64))
-        confidence = np.concatenate(conf_parts) if conf_parts else np.zeros(0)
-        labels = self._alphabet.labels
-        tokens = [CharToken(labels[lab], t) for lab, t in ctc_collapse(path, blank)]
-        return transcript_from_tokens(tokens, confidence)
+            tail_conf = pending[np.arange(len(tail)), tail].astype(np.float64)
+        return self._committed.transcript(tail, tail_conf, exact=exact)
+
+    def stable_words(self) -> list[str]:
+        """The words before the last space of the common text prefix of every hypothesis in the beam.
+
+        Every later hypothesis, the final one included, extends one of the current hypotheses (a beam search only
+        extends or drops them), so these words can no longer change. Frames already pruned are the committed path,
+        shared by every hypothesis.
+        """
+        hyps = self._decoder.get_all_final_hypothesis()
+        frames = self._frames
+        if not hyps or not frames:
+            return []
+        alphabet = self._alphabet
+        blank = alphabet.blank_index
+        # The committed path's collapse is shared: only the frames since the last prune differ between
+        # hypotheses (collapsed here all at once, continuing from the committed path's last label).
+        tail_frames = frames - self._pruned
+        paths = np.full((len(hyps), tail_frames), blank, dtype=np.int64)
+        for row, hyp in zip(paths, hyps, strict=True):
+            tokens = hyp.tokens[1 : tail_frames + 1]
+            row[: len(tokens)] = tokens
+        paths[paths < 0] = blank  # frames a hypothesis has not reached read as blank, as BeamStream does
+        before = np.empty_like(paths)
+        last = self._committed.last_label
+        before[:, :1] = blank if last is None else last
+        before[:, 1:] = paths[:, :-1]
+        starts = (paths != blank) & (paths != before)  # CTC collapse, every hypothesis at once
+        labels = {tuple(row[keep].tolist()) for row, keep in zip(paths, starts, strict=True)}
+        common = os.path.commonprefix(list(labels))
+        text = self._committed.raw_text + "".join(alphabet.labels[label] for label in common)
+        return text[: text.rfind(" ") + 1].split()
 
     def partial(self) -> Transcript:
         """Best transcript so far (it may still change; words in progress included)."""
@@ -417,7 +443,7 @@ class BeamStream:
         best_tokens = list(ranked[0][1].tokens[1:]) if ranked else []
         # Buffer layout: [0] committed/initial state, [1..n] real frames, then (with a scorer) the separator
         # frame, and decode_end's closing step; _transcript keeps the n real frames only.
-        transcript = self._transcript(best_tokens)
+        transcript = self._transcript(best_tokens, exact=True)
         if self._alternatives > 1:
             transcript = replace(transcript, alternatives=self._n_best(ranked, transcript))
         self._finished = transcript

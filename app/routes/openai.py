@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -365,43 +364,13 @@ def _formatted(transcript: Transcript, duration: float, req: TranscriptionReques
 # --- streaming -----------------------------------------------------------------------------------------------
 
 
-def beam_stable_words(stream: BeamStream) -> list[str]:
-    """The words before the last space of the common text prefix of every hypothesis in the beam.
-
-    Every later hypothesis, the final one included, extends one of the current hypotheses (a beam search only
-    extends or drops them), so these words can no longer change. Frames already pruned are the committed path,
-    shared by every hypothesis. Reads BeamStream's decoder, and belongs in app/decoding/beam.py as a method.
-    """
-    hyps = stream._decoder.get_all_final_hypothesis()
-    frames = stream.frames
-    if not hyps or not frames:
-        return []
-    alphabet = stream._alphabet
-    blank = alphabet.blank_index
-    committed = stream._committed_path
-    paths = np.full((len(hyps), frames), blank, dtype=np.int64)
-    paths[:, : len(committed)] = committed
-    for row, hyp in zip(paths, hyps, strict=True):
-        tokens = hyp.tokens[1 : frames - stream._pruned + 1]
-        row[len(committed) : len(committed) + len(tokens)] = tokens
-    paths[paths < 0] = blank  # frames a hypothesis has not reached read as blank, as BeamStream does
-    before = np.empty_like(paths)
-    before[:, 0] = blank
-    before[:, 1:] = paths[:, :-1]
-    starts = (paths != blank) & (paths != before)  # CTC collapse, every hypothesis at once
-    labels = {tuple(row[keep].tolist()) for row, keep in zip(paths, starts, strict=True)}
-    common = os.path.commonprefix(list(labels))
-    text = "".join(alphabet.labels[label] for label in common)
-    return text[: text.rfind(" ") + 1].split()
-
-
 class IncrementalTranscription:
     """`Engine.transcribe` in pieces: the same feature windows, the dynamic model over `piece_steps` windows at a
     time with the LSTM state carried (the probabilities of its ≤ max_steps windows), and the decoder fed piece by
     piece, as `Decoder.decode` runs it; so the final transcript is the non-streamed one. After a piece,
     `step` returns the words that became certain; `finished` after the last piece, with `transcript` set.
 
-    Certain words: for the beam search, those every hypothesis agrees on (`beam_stable_words`); for greedy,
+    Certain words: for the beam search, those every hypothesis agrees on (`BeamStream.stable_words`); for greedy,
     every word but the last (greedy never revises). The check costs O(beam x frames), so it runs after every
     piece at first and then at least every tenth of the audio so far (bounded total cost on long files).
     """
@@ -452,7 +421,7 @@ class IncrementalTranscription:
 
     def _certain_words(self) -> list[str]:
         if isinstance(self._decoder, BeamStream):
-            return beam_stable_words(self._decoder)
+            return self._decoder.stable_words()
         if isinstance(self._engine.decoder, GreedyDecoder):
             return [word.word for word in self._decoder.partial().words[:-1]]
         return []  # a decoder we know nothing about: everything at the end

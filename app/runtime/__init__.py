@@ -6,6 +6,7 @@ import logging
 
 from app.model_dir import ModelDirectory
 from app.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState, pad_chunk
+from app.runtime.batching import BatchingModel
 from app.runtime.coreml_backend import COMPUTE_UNITS, CoreMLAcousticModel, CoreMLUnavailable, coreml_available
 from app.runtime.numpy_backend import NumpyAcousticModel
 
@@ -13,6 +14,7 @@ __all__ = [
     "COMPUTE_UNITS",
     "STATIC_STEPS",
     "AcousticModel",
+    "BatchingModel",
     "CoreMLUnavailable",
     "InferenceError",
     "LstmState",

@@ -4,6 +4,7 @@ softmax probabilities + new state out. Streaming, state and decoding code is wri
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,10 +35,22 @@ class AcousticModel(ABC):
     n_cell_dim: int
     n_classes: int
     max_steps: int  # the dynamic model's time bound per call
+    # True where run_chunks computes several chunks in one pass (cheaper than one by one); batching streams'
+    # chunks (app/runtime/batching.py) only pays off then.
+    batched_chunks: bool = False
 
     @abstractmethod
     def run_chunk(self, windows: np.ndarray, length: int, state: LstmState) -> tuple[np.ndarray, LstmState]:
         """Static model: windows (16, 19, 26) whose first `length` are valid → probs (length, classes)."""
+
+    def run_chunks(
+        self, requests: Sequence[tuple[np.ndarray, int, LstmState]]
+    ) -> list[tuple[np.ndarray, LstmState]]:
+        """Several streams' static chunks (windows, length, state) at once → each one's run_chunk result.
+
+        This default runs them one by one; backends that can batch them (`batched_chunks`) override it.
+        """
+        return [self.run_chunk(windows, length, state) for windows, length, state in requests]
 
     @abstractmethod
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
@@ -57,8 +70,20 @@ class AcousticModel(ABC):
             parts.append(probs)
         return np.concatenate(parts), state
 
+    def attach_stream(self) -> Callable[[], None]:
+        """A stream starts sending chunks; returns the call that says it has stopped (call it once).
+
+        Plain models ignore it; the batching wrapper counts open streams to know when waiting for other
+        streams' chunks can pay off.
+        """
+        return _detach_nothing
+
     def describe(self) -> dict[str, object]:
         return {"backend": self.backend, "n_cell_dim": self.n_cell_dim, "max_steps": self.max_steps}
+
+
+def _detach_nothing() -> None:
+    return None
 
 
 def pad_chunk(windows: np.ndarray) -> tuple[np.ndarray, int]:
