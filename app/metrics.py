@@ -77,6 +77,12 @@ class Metrics:
             buckets=RTF_BUCKETS,
             registry=r,
         )
+        self.stream_errors = Counter(
+            "ds_stream_errors",
+            "Streams ended by an error, by route and code (inference_failed, internal_error, client_too_slow)",
+            ["route", "code"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "ds_active_streams", "Open websocket streams, by route", ["route"], registry=r
         )
@@ -160,6 +166,12 @@ def stream_closed(app: Any, route: str, session: Any | None = None) -> None:
         metrics.active_streams.labels(route).dec()
     if session is not None:
         observe_stream(app, route, session)
+
+
+def stream_failed(app: Any, route: str, code: str) -> None:
+    metrics = _metrics(app)
+    if metrics is not None:
+        metrics.stream_errors.labels(route, code).inc()
 
 
 def observe_stream(app: Any, route: str, session: Any) -> None:

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
         gt=0,
         description="longest stream, in audio seconds and in wall-clock seconds: then it gets its final and closes",
     )
+    stream_send_timeout: float = Field(
+        10.0, gt=0, description="seconds a stream's client may leave a message unread before it is dropped"
+    )
     stream_resume_seconds: float = Field(
         30.0,
         ge=0,

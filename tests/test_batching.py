@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runtime import STATIC_STEPS, AcousticModel, BatchingModel, LstmState, pad_chunk
+from app.runtime import STATIC_STEPS, AcousticModel, BatchingModel, InferenceError, LstmState, pad_chunk
 from app.runtime.numpy_backend import NumpyAcousticModel
 from dsconvert.weights import random_weights
 
@@ -148,7 +148,7 @@ def test_default_run_chunks_loops_over_run_chunk() -> None:
 
 
 class RecordingModel(AcousticModel):
-    """Delegates to a NumPy model, records each run_chunks call's size and can be told to fail once."""
+    """Delegates to a NumPy model, records each run_chunks call's size, and fails when told to."""
 
     def __init__(self, model: NumpyAcousticModel) -> None:
         self._model = model
@@ -161,19 +161,28 @@ class RecordingModel(AcousticModel):
         self.batched_chunks = True
         self.sizes: list[int] = []
         self.threads: set[int] = set()
-        self.fail_next: Exception | None = None
+        self.poison_length: int | None = None  # a chunk of this length fails, alone or in a batch
+        self.broken: Exception | None = None  # every call fails (the backend is down)
+        self.singles = 0  # run_chunk calls: the batcher's fallback after a failed batch
+
+    def _check(self, length: int) -> None:
+        if self.broken is not None:
+            raise self.broken
+        if length == self.poison_length:
+            raise InferenceError(f"cannot run a chunk of length {length}")
 
     def run_chunk(self, windows: np.ndarray, length: int, state: LstmState) -> tuple[np.ndarray, LstmState]:
-        raise AssertionError("the batcher must call run_chunks")
+        self.singles += 1
+        self._check(length)
+        return self._model.run_chunk(windows, length, state)
 
     def run_chunks(
         self, requests: Sequence[tuple[np.ndarray, int, LstmState]]
     ) -> list[tuple[np.ndarray, LstmState]]:
         self.sizes.append(len(requests))
         self.threads.add(threading.get_ident())
-        if self.fail_next is not None:
-            exc, self.fail_next = self.fail_next, None
-            raise exc
+        for _, length, _ in requests:
+            self._check(length)
         return self._model.run_chunks(requests)
 
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
@@ -243,19 +252,26 @@ def test_concurrent_streams_get_exactly_their_unbatched_results() -> None:
     assert recording.threads == {batcher._thread.ident}, "the wrapped model is only called by the worker"
 
 
-def test_a_failing_batch_reaches_every_caller_and_the_next_batch_works() -> None:
+def test_a_failing_chunk_fails_only_its_caller_and_the_worker_goes_on() -> None:
     width = 64
     plain = _model(width)
     recording = RecordingModel(plain)
     batcher = BatchingModel(recording, max_wait_s=5.0)
-    requests = _requests(np.random.default_rng(8), width, [16, 16, 16])
+    requests = _requests(np.random.default_rng(8), width, [16, 7, 16])
     try:
-        recording.fail_next = RuntimeError("backend fell over")
+        recording.poison_length = 7  # the second stream's chunk breaks the backend
         detaches = [batcher.attach_stream() for _ in requests]  # three open streams: one batch of three
         results = _in_threads(3, lambda i: batcher.run_chunk(*requests[i]))
-        assert recording.sizes == [3]
+        assert recording.sizes == [3] and recording.singles == 3  # the batch failed, then one by one
+        assert isinstance(results[1], InferenceError) and "length 7" in str(results[1])
+        for i in (0, 2):  # the others got their own results, as if nothing had happened
+            assert isinstance(results[i], tuple), results[i]
+            _assert_same(results[i], plain.run_chunk(*requests[i]))
+        # A failure of the whole backend reaches every caller of that batch; the worker survives it.
+        recording.poison_length, recording.broken = None, RuntimeError("backend fell over")
+        results = _in_threads(3, lambda i: batcher.run_chunk(*requests[i]))
         assert all(isinstance(r, RuntimeError) and "fell over" in str(r) for r in results), results
-        # The worker survived: the same requests now succeed.
+        recording.broken = None
         results = _in_threads(3, lambda i: batcher.run_chunk(*requests[i]))
         for request, result in zip(requests, results, strict=True):
             assert isinstance(result, tuple), result

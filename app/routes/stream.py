@@ -24,7 +24,9 @@ A refused resume (`resume_refused`) leaves an ordinary new stream.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from asyncio import FIRST_COMPLETED
 from collections.abc import Callable
@@ -39,16 +41,31 @@ from app.auth import bearer_token, query_key
 from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.drain import GOING_AWAY, ServerDraining
 from app.engine import Engine
-from app.metrics import observe_stream, stream_closed, stream_opened
+from app.metrics import observe_stream, stream_closed, stream_failed, stream_opened
 from app.resume import ResumableStream, ResumableStreams, ResumeRefused
+from app.runtime import InferenceError
 from app.session import StreamSession
 from app.stream_audio import StreamAudio
 
 router = APIRouter(tags=["streaming"])
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR = 1011  # websocket close code: the server hit an error it cannot go on from
 
 
 def _error(code: str, message: str) -> dict[str, str]:
     return {"type": "error", "code": code, "message": message}
+
+
+FAILURE_TEXT = {
+    "inference_failed": "the model failed on this stream's audio; the stream is closed (other streams are "
+    "unaffected); open a new one",
+    "internal_error": "an internal error ended this stream (the server logged it); open a new stream",
+}
+
+
+def stream_error(code: str) -> dict[str, str]:
+    return _error(code, FAILURE_TEXT[code])
 
 
 def final_message(transcript: Transcript, session: StreamSession) -> dict[str, Any]:
@@ -85,6 +102,44 @@ async def final_transcript(session: StreamSession, audio: StreamAudio) -> Transc
         return await finish_stream(session, audio)
     except UnsupportedAudio:
         return await run_in_threadpool(session.finish)
+
+
+class ClientTooSlow(TimeoutError):
+    """The client left the server's messages unread for DS_STREAM_SEND_TIMEOUT seconds (its buffers are full)."""
+
+
+async def send_message(websocket: WebSocket, message: dict[str, Any]) -> None:
+    """send_json with a deadline: a client that stops reading cannot hold a stream (and its slot) forever."""
+    timeout = websocket.app.state.settings.stream_send_timeout
+    try:
+        await asyncio.wait_for(websocket.send_json(message), timeout)
+    except TimeoutError:
+        raise ClientTooSlow(
+            f"the client read nothing for {timeout:g} s (DS_STREAM_SEND_TIMEOUT); the stream was dropped"
+        ) from None
+
+
+async def end_stream(websocket: WebSocket, message: dict[str, Any] | None, code: int) -> None:
+    """Last words and the close, if the client is still there to get them."""
+    with contextlib.suppress(WebSocketDisconnect, ClientTooSlow, RuntimeError):
+        if message is not None:
+            await send_message(websocket, message)
+        await asyncio.wait_for(websocket.close(code), websocket.app.state.settings.stream_send_timeout)
+
+
+async def stream_failure(websocket: WebSocket, route: str, exc: Exception, message: Any) -> None:
+    """A stream that cannot go on: the model failed on it, or a bug. It alone ends (1011); others continue."""
+    if isinstance(exc, ClientTooSlow):
+        log.warning("%s: %s", route, exc)
+        stream_failed(websocket.app, route, "client_too_slow")
+        return
+    code = "inference_failed" if isinstance(exc, InferenceError) else "internal_error"
+    if code == "internal_error":
+        log.exception("%s: the stream failed; it was closed with 1011 (other streams go on)", route)
+    else:
+        log.error("%s: the model failed on a stream: %s; it was closed with 1011", route, exc)
+    stream_failed(websocket.app, route, code)
+    await end_stream(websocket, message(code), INTERNAL_ERROR)
 
 
 class StreamIdle(TimeoutError):
@@ -135,9 +190,9 @@ async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
         shutdown.cancel()
         if not receiving.done():
             receiving.cancel()
+    if draining.is_set():  # even with audio waiting: a busy stream must not hold the shutdown up
+        raise ServerDraining("the server is shutting down; this is the stream's final transcript")
     if not receiving.done() or receiving.cancelled():
-        if draining.is_set():
-            raise ServerDraining("the server is shutting down; this is the stream's final transcript")
         if remaining <= idle_timeout:
             raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
         raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
@@ -158,8 +213,7 @@ async def feed_audio(
     """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio,
     and StreamTooLong once the stream is over its maximum length (before taking more audio)."""
     check_stream_length(websocket, session)
-    samples = await run_in_threadpool(audio.push, data)
-    return await run_in_threadpool(session.feed, samples)
+    return await run_in_threadpool(lambda: session.feed(audio.push(data)))  # one thread hop per frame
 
 
 @dataclass
@@ -207,7 +261,7 @@ async def stream(websocket: WebSocket) -> None:
             try:
                 message = await receive_message(websocket)
             except ValueError as exc:
-                await websocket.send_json(_error("bad_message", f"not a JSON object: {exc}"))
+                await send_message(websocket, _error("bad_message", f"not a JSON object: {exc}"))
                 continue
             if isinstance(message, bytes):
                 state.audio = state.audio or StreamAudio.open()
@@ -215,18 +269,18 @@ async def stream(websocket: WebSocket) -> None:
                 try:
                     partial = await feed_audio(websocket, state.session, state.audio, message)
                 except UnsupportedAudio as exc:
-                    await websocket.send_json(_error("bad_frame", str(exc)))
+                    await send_message(websocket, _error("bad_frame", str(exc)))
                     partial = None
                 if partial is not None:
-                    await websocket.send_json({"type": "partial", "text": partial})
+                    await send_message(websocket, {"type": "partial", "text": partial})
                 if resumable is not None:
-                    await websocket.send_json({"type": "ack", "bytes": state.bytes_in})
+                    await send_message(websocket, {"type": "ack", "bytes": state.bytes_in})
                 continue
             control = message
             kind = control.get("type")
             if kind == "config":
                 if state.audio is not None or resumable is not None:
-                    await websocket.send_json(_error("bad_config", "config must come before any audio"))
+                    await send_message(websocket, _error("bad_config", "config must come before any audio"))
                     continue
                 try:
                     state.audio = StreamAudio.open(
@@ -238,21 +292,22 @@ async def stream(websocket: WebSocket) -> None:
                 except ValueError as exc:  # DecodeOptionError is a ValueError too
                     state.close()
                     state.audio = None
-                    await websocket.send_json(_error("bad_config", str(exc)))
+                    await send_message(websocket, _error("bad_config", str(exc)))
                     continue
                 if control.get("resumable") is True:
                     resumable, token = registry.register(presented_key(websocket))
-                    await websocket.send_json(
+                    await send_message(
+                        websocket,
                         {
                             "type": "resumable",
                             "stream_id": resumable.stream_id,
                             "resume_token": token,
                             "window": registry.window,
-                        }
+                        },
                     )
             elif kind == "resume":
                 if state.audio is not None or resumable is not None or state.bytes_in:
-                    await websocket.send_json(_error("bad_resume", "resume must be the first message"))
+                    await send_message(websocket, _error("bad_resume", "resume must be the first message"))
                     continue
                 try:
                     acked = control.get("bytes")
@@ -266,30 +321,32 @@ async def stream(websocket: WebSocket) -> None:
                         presented_key(websocket),
                     )
                 except ResumeRefused as exc:
-                    await websocket.send_json(_error("resume_refused", str(exc)))
+                    await send_message(websocket, _error("resume_refused", str(exc)))
                     continue
                 state = parked_state
-                await websocket.send_json(
+                await send_message(
+                    websocket,
                     {
                         "type": "resumed",
                         "stream_id": resumable.stream_id,
                         "resume_token": token,
                         "bytes": state.bytes_in,  # resend from here (the client may have missed acks)
                         "text": state.session.partial_text,
-                    }
+                    },
                 )
             elif kind == "eof":
                 try:
                     transcript = await finish_stream(state.session, state.audio or StreamAudio.open())
                 except UnsupportedAudio as exc:
-                    await websocket.send_json(_error("bad_audio", str(exc)))
+                    await send_message(websocket, _error("bad_audio", str(exc)))
                     transcript = await run_in_threadpool(state.session.finish)
-                await websocket.send_json(final_message(transcript, state.session))
+                await send_message(websocket, final_message(transcript, state.session))
                 await websocket.close(1000)
                 return
             else:
-                await websocket.send_json(
-                    _error("bad_message", f"unknown message type {kind!r}; expected config, resume or eof")
+                await send_message(
+                    websocket,
+                    _error("bad_message", f"unknown message type {kind!r}; expected config, resume or eof"),
                 )
     except WebSocketDisconnect:
         if resumable is not None and not state.session.finished:
@@ -297,14 +354,21 @@ async def stream(websocket: WebSocket) -> None:
             parked = True
         return
     except StreamIdle as exc:
-        await websocket.send_json(_error("idle_timeout", str(exc)))
-        await websocket.close(1000)
+        await end_stream(websocket, _error("idle_timeout", str(exc)), 1000)
     except (StreamTooLong, ServerDraining) as exc:
         too_long = isinstance(exc, StreamTooLong)
-        await websocket.send_json(_error("max_duration" if too_long else "server_shutdown", str(exc)))
-        transcript = await final_transcript(state.session, state.audio or StreamAudio.open())
-        await websocket.send_json(final_message(transcript, state.session))
-        await websocket.close(1000 if too_long else GOING_AWAY)
+        try:
+            await send_message(websocket, _error("max_duration" if too_long else "server_shutdown", str(exc)))
+            transcript = await final_transcript(state.session, state.audio or StreamAudio.open())
+            await end_stream(
+                websocket, final_message(transcript, state.session), 1000 if too_long else GOING_AWAY
+            )
+        except WebSocketDisconnect:
+            pass
+        except Exception as failure:
+            await stream_failure(websocket, "/stream", failure, stream_error)
+    except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
+        await stream_failure(websocket, "/stream", exc, stream_error)
     finally:
         websocket.app.state.admission.close_stream()
         if parked:

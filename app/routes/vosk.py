@@ -23,12 +23,16 @@ from app.drain import GOING_AWAY, ServerDraining
 from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
 from app.routes.stream import (
+    FAILURE_TEXT,
     StreamIdle,
     StreamTooLong,
     admit_stream,
+    end_stream,
     feed_audio,
     final_transcript,
     receive_message,
+    send_message,
+    stream_failure,
     stream_options,
 )
 from app.stream_audio import StreamAudio
@@ -80,16 +84,16 @@ async def vosk(websocket: WebSocket) -> None:
             try:
                 message = await receive_message(websocket)
             except ValueError as exc:
-                await websocket.send_json({"error": f"not a JSON object: {exc}"})
+                await send_message(websocket, {"error": f"not a JSON object: {exc}"})
                 continue
             if isinstance(message, bytes):
                 audio = audio or StreamAudio.open(*spec)
                 try:
                     await feed_audio(websocket, session, audio, message)
                 except UnsupportedAudio as exc:
-                    await websocket.send_json({"error": str(exc)})
+                    await send_message(websocket, {"error": str(exc)})
                     continue
-                await websocket.send_json({"partial": session.partial_text})
+                await send_message(websocket, {"partial": session.partial_text})
                 continue
             control = message
             if isinstance(control.get("config"), dict):
@@ -102,7 +106,7 @@ async def vosk(websocket: WebSocket) -> None:
                         session = engine.open_stream(hot_words=hot, alternatives=max(1, n_best))
                     opened = StreamAudio.open(*requested)
                 except (ValueError, TypeError) as exc:
-                    await websocket.send_json({"error": str(exc)})
+                    await send_message(websocket, {"error": str(exc)})
                     continue
                 if audio is not None:
                     audio.close()
@@ -112,7 +116,7 @@ async def vosk(websocket: WebSocket) -> None:
             if control.get("eof") or control.get("reset"):
                 audio = audio or StreamAudio.open(*spec)
                 transcript = await final_transcript(session, audio)
-                await websocket.send_json(vosk_result(transcript, words, max_alternatives))
+                await send_message(websocket, vosk_result(transcript, words, max_alternatives))
                 if control.get("eof"):
                     await websocket.close(1000)
                     return
@@ -121,16 +125,22 @@ async def vosk(websocket: WebSocket) -> None:
                 observe_stream(websocket.app, "/vosk", session)  # counted now: the session is replaced
                 session = engine.open_stream(hot_words=hot_words, alternatives=max(1, max_alternatives))
                 continue
-            await websocket.send_json({"error": "expected a config, eof or reset message, or binary audio"})
+            await send_message(
+                websocket, {"error": "expected a config, eof or reset message, or binary audio"}
+            )
     except WebSocketDisconnect:
         return
     except StreamIdle as exc:
-        await websocket.send_json({"error": str(exc)})
-        await websocket.close(1000)
+        await end_stream(websocket, {"error": str(exc)}, 1000)
     except (StreamTooLong, ServerDraining) as exc:  # the final result of what was heard, as for eof
-        transcript = await final_transcript(session, audio or StreamAudio.open(*spec))
-        await websocket.send_json(vosk_result(transcript, words, max_alternatives))
-        await websocket.close(GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
+        try:
+            transcript = await final_transcript(session, audio or StreamAudio.open(*spec))
+            result = vosk_result(transcript, words, max_alternatives)
+            await end_stream(websocket, result, GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
+        except Exception as failure:
+            await stream_failure(websocket, "/vosk", failure, lambda code: {"error": FAILURE_TEXT[code]})
+    except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
+        await stream_failure(websocket, "/vosk", exc, lambda code: {"error": FAILURE_TEXT[code]})
     finally:
         websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/vosk", session)

@@ -205,12 +205,23 @@ class BatchingModel(AcousticModel):
             results = self.model.run_chunks([(r.windows, r.length, r.state) for r in batch])
             if len(results) != len(batch):
                 raise RuntimeError(f"run_chunks returned {len(results)} results for {len(batch)} chunks")
-        except BaseException as exc:  # every caller of this batch gets it; the worker goes on
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+            else:  # one stream's failure must not fail the others: run them one by one to find out whose it is
+                log.warning("a batch of %d chunks failed (%s); running them one by one", len(batch), exc)
+                for request in batch:
+                    try:
+                        request.future.set_result(
+                            self.model.run_chunk(request.windows, request.length, request.state)
+                        )
+                    except Exception as single:
+                        request.future.set_exception(single)
+            return
+        except BaseException as exc:  # KeyboardInterrupt and the like: every caller gets it, the worker stops
             for request in batch:
                 request.future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return
+            raise
         finally:
             with self._cond:
                 self.batches += 1
