@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.formparsers import MultiPartParser
 
 from app.admission import Admission
 from app.alphabet import AlphabetError
@@ -66,6 +67,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # Uploads stay in memory up to the upload cap (they are bounded by it): Starlette would otherwise spool any
+    # file part over 1 MB to a temporary file, and audio must not touch the disk (process-wide class attribute).
+    MultiPartParser.spool_max_size = settings.max_upload_bytes
     app.state.admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
     app.state.metrics = metrics
     metrics.watch_admission(app.state.admission)

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,41 +27,56 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(env: dict[str, str], port: int) -> subprocess.Popen[str]:
-    """`python -m app`, as `make serve` and the launchd job run it: host and port from DS_HOST/DS_PORT."""
+def start_server(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[str]:
+    """`python -m app`, as `make serve` and the launchd job run it: host and port from DS_HOST/DS_PORT. Its
+    output goes to `log` if given (a pipe nobody reads would fill up and block the server), else to a pipe."""
     return subprocess.Popen(
         [sys.executable, "-m", "app"],
         cwd=ROOT,
         env={**os.environ, "DS_HOST": "127.0.0.1", "DS_PORT": str(port), **env},
-        stdout=subprocess.PIPE,
+        stdout=log.open("w") if log is not None else subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
 
 
+class ServerUrl(str):
+    """The base URL of a running server, with the file its log goes to."""
+
+    log: Path
+
+
 @contextmanager
-def running_server(env: dict[str, str]) -> Iterator[str]:
-    """A real uvicorn on a free loopback port, up once /health answers; stopped on exit."""
+def running_server(env: dict[str, str]) -> Iterator[ServerUrl]:
+    """A real server on a free loopback port, up once /health answers; stopped on exit."""
     port = free_port()
-    process = start_server(env, port)
-    base = f"http://127.0.0.1:{port}"
+    log = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
+    process = start_server(env, port, log)
+    base = ServerUrl(f"http://127.0.0.1:{port}")
+    base.log = log
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"server exited: {process.stdout.read() if process.stdout else ''}")
-        try:
-            if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-    else:
-        process.kill()
-        pytest.fail("server did not come up in 60 s")
     try:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            process.kill()
+            pytest.fail(f"server did not come up in 60 s: {log.read_text()}")
         yield base
     finally:
-        process.terminate()
-        process.wait(timeout=20)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
