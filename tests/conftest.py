@@ -82,3 +82,23 @@ def other_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("speech") / "b.wav",
         voice="en-gb",
     )
+
+
+@pytest.fixture(scope="session")
+def speech_pcm(speech_wav: Path) -> bytes:
+    """speech_wav's samples as the s16le 16 kHz PCM a websocket client sends."""
+    import soundfile
+
+    samples, rate = soundfile.read(speech_wav, dtype="int16")
+    assert rate == 16000
+    return samples.tobytes()
+
+
+@pytest.fixture(scope="session")
+def small_engine(small_model_dir: Path):  # type: ignore[no-untyped-def]
+    """The loaded service (NumPy backend, beam 16) on the small random-weight model, shared by tests that build
+    apps around it."""
+    from app.engine import Engine
+    from app.settings import Settings
+
+    return Engine.load(Settings(model_dir=small_model_dir, backend="numpy", beam_width=16))

@@ -32,11 +32,6 @@ class BlockingEngine(Engine):
         return super().transcribe(samples, **options)
 
 
-@pytest.fixture(scope="module")
-def engine(small_model_dir: Path) -> Engine:
-    return Engine.load(Settings(model_dir=small_model_dir, backend="numpy", beam_width=16))
-
-
 async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     for _ in range(int(timeout / 0.01)):
         if condition():
@@ -47,9 +42,9 @@ async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
 async def test_full_queue_answers_503_and_health_still_answers(
-    engine: Engine, small_model_dir: Path, speech_wav: Path, route: str
+    small_engine: Engine, small_model_dir: Path, speech_wav: Path, route: str
 ) -> None:
-    blocking = BlockingEngine(engine)
+    blocking = BlockingEngine(small_engine)
     settings = Settings(model_dir=small_model_dir, workers=1, queue_length=1)
     app = create_app(settings, blocking)
     admission = app.state.admission
@@ -74,8 +69,10 @@ async def test_full_queue_answers_503_and_health_still_answers(
         assert (await http.post(route, files=files, data=data)).status_code == 200
 
 
-def test_stream_limit_refuses_with_1013_and_frees_the_slot(engine: Engine, small_model_dir: Path) -> None:
-    app = create_app(Settings(model_dir=small_model_dir, max_streams=1), engine)
+def test_stream_limit_refuses_with_1013_and_frees_the_slot(
+    small_engine: Engine, small_model_dir: Path
+) -> None:
+    app = create_app(Settings(model_dir=small_model_dir, max_streams=1), small_engine)
     with TestClient(app) as client:
         with client.websocket_connect("/stream") as first:
             with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/vosk"):
@@ -89,8 +86,8 @@ def test_stream_limit_refuses_with_1013_and_frees_the_slot(engine: Engine, small
         assert app.state.admission.active_streams == 0
 
 
-def test_idle_stream_is_closed_with_a_reason(engine: Engine, small_model_dir: Path) -> None:
-    app = create_app(Settings(model_dir=small_model_dir, stream_idle_timeout=0.2), engine)
+def test_idle_stream_is_closed_with_a_reason(small_engine: Engine, small_model_dir: Path) -> None:
+    app = create_app(Settings(model_dir=small_model_dir, stream_idle_timeout=0.2), small_engine)
     with TestClient(app) as client, client.websocket_connect("/stream") as ws:
         ws.send_bytes(bytes(640))
         message = ws.receive_json()

@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-import soundfile
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -29,19 +28,6 @@ from app.settings import Settings
 from dsconvert.lm.build_scorer import build_scorer
 from tests.test_metrics import scrape, value
 from tests.test_server_e2e import ROOT
-
-
-@pytest.fixture(scope="module")
-def engine(small_model_dir: Path) -> Engine:
-    return Engine.load(Settings(model_dir=small_model_dir, backend="numpy", beam_width=16))
-
-
-@pytest.fixture(scope="module")
-def pcm(speech_wav: Path) -> bytes:
-    samples, rate = soundfile.read(speech_wav, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
-
 
 # --- a backend that fails mid-stream --------------------------------------------------------------------------
 
@@ -85,9 +71,9 @@ class OneFaultyStream(Engine):
         return session
 
 
-def _stream_to_final(ws, pcm: bytes, route: str) -> dict:  # type: ignore[no-untyped-def]
-    for start in range(0, len(pcm), 6400):
-        ws.send_bytes(pcm[start : start + 6400])
+def _stream_to_final(ws, speech_pcm: bytes, route: str) -> dict:  # type: ignore[no-untyped-def]
+    for start in range(0, len(speech_pcm), 6400):
+        ws.send_bytes(speech_pcm[start : start + 6400])
     ws.send_text(json.dumps({"type": "eof"} if route == "/stream" else {"eof": 1}))
     final = ws.receive_json()
     while final.get("type") in ("partial", "ack") or "partial" in final:
@@ -97,9 +83,9 @@ def _stream_to_final(ws, pcm: bytes, route: str) -> dict:  # type: ignore[no-unt
 
 @pytest.mark.parametrize("route", ["/stream", "/vosk"])
 def test_a_backend_failure_ends_that_stream_only_and_is_counted(
-    engine: Engine, small_model_dir: Path, pcm: bytes, route: str
+    small_engine: Engine, small_model_dir: Path, speech_pcm: bytes, route: str
 ) -> None:
-    app = create_app(Settings(model_dir=small_model_dir), OneFaultyStream(engine))
+    app = create_app(Settings(model_dir=small_model_dir), OneFaultyStream(small_engine))
     with TestClient(app) as client:
         with client.websocket_connect(route) as faulty, client.websocket_connect(route) as healthy:
             # Every frame gets an answer: Vosk's partial, or (a resumable /stream) an ack. No Vosk config: it
@@ -110,8 +96,8 @@ def test_a_backend_failure_ends_that_stream_only_and_is_counted(
                     assert ws.receive_json()["type"] == "resumable"
             messages = []
             with pytest.raises(WebSocketDisconnect) as closed:
-                for start in range(0, len(pcm), 6400):  # 0.2 s frames; chunk 3 ends at ~0.6 s
-                    faulty.send_bytes(pcm[start : start + 6400])
+                for start in range(0, len(speech_pcm), 6400):  # 0.2 s frames; chunk 3 ends at ~0.6 s
+                    faulty.send_bytes(speech_pcm[start : start + 6400])
                     messages.append(faulty.receive_json())
                     while route == "/stream" and messages[-1]["type"] not in ("ack", "error"):
                         messages.append(faulty.receive_json())
@@ -121,9 +107,9 @@ def test_a_backend_failure_ends_that_stream_only_and_is_counted(
             assert "model failed" in text and "Traceback" not in text
             if route == "/stream":
                 assert error == {"type": "error", "code": "inference_failed", "message": text}
-            final = _stream_to_final(healthy, pcm, route)  # the other stream, open all along, goes on
+            final = _stream_to_final(healthy, speech_pcm, route)  # the other stream, open all along, goes on
         with client.websocket_connect(route) as alone:  # the same audio with nothing else going on
-            reference = _stream_to_final(alone, pcm, route)
+            reference = _stream_to_final(alone, speech_pcm, route)
         assert final["text"] == reference["text"]
         metrics = scrape(client)
     assert value(metrics, "ds_stream_errors_total", route=route, code="inference_failed") == 1
@@ -160,16 +146,18 @@ class StalledClient:
 
 
 async def test_a_client_that_never_reads_is_dropped_and_frees_its_slot(
-    engine: Engine, small_model_dir: Path, pcm: bytes
+    small_engine: Engine, small_model_dir: Path, speech_pcm: bytes
 ) -> None:
-    app = create_app(Settings(model_dir=small_model_dir, stream_send_timeout=0.5, max_streams=1), engine)
+    app = create_app(
+        Settings(model_dir=small_model_dir, stream_send_timeout=0.5, max_streams=1), small_engine
+    )
     stalled = StalledClient(app, after=3)  # the `resumable` reply and an ack get through, then nothing
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
         with TestClient(stalled) as client, client.websocket_connect("/stream") as ws:
             ws.send_text(json.dumps({"type": "config", "resumable": True}))
             assert ws.receive_json()["type"] == "resumable"
             for start in range(0, 32000, 3200):
-                ws.send_bytes(pcm[start : start + 3200])
+                ws.send_bytes(speech_pcm[start : start + 3200])
             assert ws.receive_json()["type"] in ("ack", "partial")
             deadline = time.monotonic() + 30
             while app.state.admission.active_streams and time.monotonic() < deadline:
@@ -180,7 +168,7 @@ async def test_a_client_that_never_reads_is_dropped_and_frees_its_slot(
             assert value(metrics, "ds_stream_errors_total", route="/stream", code="client_too_slow") == 1
             # The slot (max_streams=1) is free for the next client.
             with client.websocket_connect("/stream") as again:
-                again.send_bytes(pcm[:16000])
+                again.send_bytes(speech_pcm[:16000])
                 again.send_text(json.dumps({"type": "eof"}))
                 message = again.receive_json()
                 while message["type"] == "partial":

@@ -28,30 +28,17 @@ from tests.test_admission import BlockingEngine, wait_for
 from tests.test_metrics import scrape, value
 from tests.test_server_e2e import ROOT, free_port, running_server, start_server
 
-
-@pytest.fixture(scope="module")
-def engine(small_model_dir: Path) -> Engine:
-    return Engine.load(Settings(model_dir=small_model_dir, backend="numpy", beam_width=16))
-
-
-@pytest.fixture(scope="module")
-def pcm(speech_wav: Path) -> bytes:
-    samples, rate = soundfile.read(speech_wav, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
-
-
 # --- DS_STREAM_MAX_SECONDS ----------------------------------------------------------------------------------
 
 
 def test_stream_over_its_audio_limit_gets_its_final_and_closes(
-    engine: Engine, small_model_dir: Path, pcm: bytes
+    small_engine: Engine, small_model_dir: Path, speech_pcm: bytes
 ) -> None:
-    app = create_app(Settings(model_dir=small_model_dir, stream_max_seconds=0.5), engine)
+    app = create_app(Settings(model_dir=small_model_dir, stream_max_seconds=0.5), small_engine)
     with TestClient(app) as client, client.websocket_connect("/stream") as ws:
         messages = []
         for start in range(0, 32000, 3200):  # 1 s of audio in 0.1 s frames; the limit stops it at 0.5 s
-            ws.send_bytes(pcm[start : start + 3200])
+            ws.send_bytes(speech_pcm[start : start + 3200])
         while True:
             try:
                 messages.append(ws.receive_json())
@@ -66,9 +53,9 @@ def test_stream_over_its_audio_limit_gets_its_final_and_closes(
     assert app.state.admission.active_streams == 0
 
 
-def test_stream_open_too_long_is_ended_even_when_silent(engine: Engine, small_model_dir: Path) -> None:
+def test_stream_open_too_long_is_ended_even_when_silent(small_engine: Engine, small_model_dir: Path) -> None:
     settings = Settings(model_dir=small_model_dir, stream_max_seconds=0.3, stream_idle_timeout=30)
-    app = create_app(settings, engine)
+    app = create_app(settings, small_engine)
     with TestClient(app) as client, client.websocket_connect("/vosk") as ws:
         started = time.monotonic()
         ws.send_text(json.dumps({"config": {"sample_rate": 16000}}))
@@ -84,9 +71,9 @@ def test_stream_open_too_long_is_ended_even_when_silent(engine: Engine, small_mo
 
 
 async def test_streamed_openai_route_waits_its_turn_and_counts_audio(
-    engine: Engine, small_model_dir: Path, speech_wav: Path
+    small_engine: Engine, small_model_dir: Path, speech_wav: Path
 ) -> None:
-    blocking = BlockingEngine(engine)
+    blocking = BlockingEngine(small_engine)
     app = create_app(Settings(model_dir=small_model_dir, workers=1, queue_length=0), blocking)
     files = {"file": ("a.wav", speech_wav.read_bytes(), "audio/wav")}
     sse = {"model": "default", "stream": "true"}
@@ -117,15 +104,15 @@ async def test_streamed_openai_route_waits_its_turn_and_counts_audio(
 # --- CORS -------------------------------------------------------------------------------------------------------
 
 
-def test_cors_is_off_unless_configured(engine: Engine, small_model_dir: Path) -> None:
+def test_cors_is_off_unless_configured(small_engine: Engine, small_model_dir: Path) -> None:
     preflight = {"Origin": "http://laptop.lan", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(Settings(model_dir=small_model_dir), engine)) as client:
+    with TestClient(create_app(Settings(model_dir=small_model_dir), small_engine)) as client:
         response = client.options("/transcribe", headers=preflight)
         assert "access-control-allow-origin" not in response.headers
         assert "access-control-allow-origin" not in client.get("/info", headers=preflight).headers
 
     settings = Settings(model_dir=small_model_dir, api_key="k", cors_origins=["http://laptop.lan"])
-    with TestClient(create_app(settings, engine)) as client:
+    with TestClient(create_app(settings, small_engine)) as client:
         allowed = client.options(
             "/transcribe", headers={**preflight, "Access-Control-Request-Headers": "authorization"}
         )
@@ -213,16 +200,16 @@ def test_client_vanishing_mid_upload_frees_everything(server: str, speech_wav: P
     assert response.status_code == 200  # the service is unharmed
 
 
-def test_client_vanishing_mid_stream_frees_its_slot(server: str, pcm: bytes) -> None:
+def test_client_vanishing_mid_stream_frees_its_slot(server: str, speech_pcm: bytes) -> None:
     for _ in range(3):
         ws = connect(server.replace("http", "ws") + "/stream")
-        ws.send(pcm[:32000])
+        ws.send(speech_pcm[:32000])
         ws.recv(timeout=30)  # the server is working on it
         ws.socket.close()  # no close frame: the network just went away
     metrics = _settled(server, ds_active_streams=0)
     assert value(metrics, "ds_http_requests_total", method="WS", route="/stream", status="101") >= 3
     with connect(server.replace("http", "ws") + "/stream") as ws:  # and a new stream works
-        ws.send(pcm[:16000])
+        ws.send(speech_pcm[:16000])
         ws.send(json.dumps({"type": "eof"}))
         messages = [json.loads(raw) for raw in ws]
     assert messages[-1]["type"] == "final"
@@ -262,7 +249,7 @@ def _read_response(sock: socket.socket) -> tuple[int, bytes]:
 
 
 def test_sigterm_finishes_uploads_and_streams_in_flight_then_exits_0(
-    small_model_dir: Path, speech_wav: Path, pcm: bytes
+    small_model_dir: Path, speech_wav: Path, speech_pcm: bytes
 ) -> None:
     port = free_port()
     env = {"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "16", "DS_SHUTDOWN_GRACE_SECONDS": "20"}
@@ -272,7 +259,7 @@ def test_sigterm_finishes_uploads_and_streams_in_flight_then_exits_0(
         _wait_healthy(process, base)
         # In flight when SIGTERM comes: a stream that sent 1 s of audio, and an upload half sent.
         ws = connect(f"ws://127.0.0.1:{port}/stream")
-        ws.send(pcm[:32000])
+        ws.send(speech_pcm[:32000])
         body = speech_wav.read_bytes()
         head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
         tail = b"\r\n--b--\r\n"
