@@ -36,27 +36,8 @@ Re-running replaces the installed job (use it after changing options or the mode
 EOF
 }
 
-die() {
-	echo "$prog: error: $*" >&2
-	exit 1
-}
-usage_error() {
-	echo "$prog: error: $* (see launchd/install.sh --help)" >&2
-	exit 2
-}
-warn() { echo "$prog: warning: $*" >&2; }
-
-dry_run=0
-# Print a command (shell-quoted) in a dry run, run it otherwise.
-run() {
-	if [[ $dry_run == 1 ]]; then
-		printf '+'
-		printf ' %q' "$@"
-		printf '\n'
-	else
-		"$@"
-	fi
-}
+# shellcheck source=launchd/lib.sh
+source "$here/lib.sh"
 
 xml_escape() {
 	local s=$1
@@ -110,10 +91,6 @@ while IFS= read -r name; do
 	set_env "$name" "${!name}"
 done < <(compgen -e | grep '^DS_' | LC_ALL=C sort || true)
 
-need_value() {
-	[[ $# -ge 2 && -n $2 ]] || usage_error "$1 needs a value"
-}
-
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--host) need_value "$@"; host=$2; shift 2 ;;
@@ -151,8 +128,7 @@ port=$((10#$port))
 [[ $wait_s =~ ^[0-9]{1,4}$ ]] || usage_error "--wait must be a number of seconds, got '$wait_s'"
 wait_s=$((10#$wait_s))
 [[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || usage_error "--host must be an address or host name, got '$host'"
-[[ $label =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
-	usage_error "--label must be a reverse-DNS name such as local.deepspeech.stt, got '$label'"
+check_label
 [[ $system == 1 || -z $user ]] || usage_error "--user is only for --system (an agent runs as you)"
 [[ -f $template ]] || die "the template $template is missing"
 
@@ -171,31 +147,17 @@ model_abs=$(absolute_dir "$model_dir") ||
 	die "$model_abs has no manifest.json: run 'make serve' once (it builds models/default) or convert a model into it with scripts/convert.py"
 
 if [[ $system == 1 ]]; then
-	plist_dir=/Library/LaunchDaemons
-	domain=system
 	[[ -n $user ]] || user=${SUDO_USER:-$(id -un)}
 	id -u "$user" >/dev/null 2>&1 || usage_error "--user: no user named '$user'"
 	[[ $(id -u "$user") != 0 ]] || warn "the daemon will run as root; pass --user NAME to run it as an ordinary user"
-	[[ -n $log_dir ]] || log_dir=/Library/Logs/$label
-	if [[ $dry_run == 0 && $EUID -ne 0 ]]; then
-		die "a LaunchDaemon is installed in /Library/LaunchDaemons: run it with sudo: sudo launchd/install.sh --system ..."
-	fi
-else
-	if [[ $EUID -eq 0 && -n ${SUDO_USER:-} ]]; then
-		die "a LaunchAgent is installed for the logged-in user: run it without sudo (or pass --system for a LaunchDaemon)"
-	fi
-	plist_dir=$HOME/Library/LaunchAgents
-	domain=gui/$(id -u)
-	[[ -n $log_dir ]] || log_dir=$HOME/Library/Logs/$label
 fi
+job_location "installed in"
 case $log_dir in
 /*) ;;
 *) log_dir=$PWD/$log_dir ;;
 esac
-plist=$plist_dir/$label.plist
 stdout_log=$log_dir/stdout.log
 stderr_log=$log_dir/stderr.log
-service=$domain/$label
 
 if [[ $dry_run == 0 ]] && ! command -v launchctl >/dev/null; then
 	die "launchctl not found: this installs a macOS launchd job (use --dry-run to see what it would do)"

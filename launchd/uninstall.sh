@@ -22,34 +22,13 @@ Stops the launchd job and removes its plist.
 EOF
 }
 
-die() {
-	echo "$prog: error: $*" >&2
-	exit 1
-}
-usage_error() {
-	echo "$prog: error: $* (see launchd/uninstall.sh --help)" >&2
-	exit 2
-}
-
-dry_run=0
-run() {
-	if [[ $dry_run == 1 ]]; then
-		printf '+'
-		printf ' %q' "$@"
-		printf '\n'
-	else
-		"$@"
-	fi
-}
+# shellcheck source=launchd/lib.sh
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib.sh"
 
 label=local.deepspeech.stt
 system=0
 log_dir=
 remove_logs=0
-
-need_value() {
-	[[ $# -ge 2 && -n $2 ]] || usage_error "$1 needs a value"
-}
 
 while [[ $# -gt 0 ]]; do
 	case $1 in
@@ -63,25 +42,9 @@ while [[ $# -gt 0 ]]; do
 	esac
 done
 
-[[ $label =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] ||
-	usage_error "--label must be a reverse-DNS name such as local.deepspeech.stt, got '$label'"
+check_label
 
-if [[ $system == 1 ]]; then
-	plist=/Library/LaunchDaemons/$label.plist
-	domain=system
-	[[ -n $log_dir ]] || log_dir=/Library/Logs/$label
-	if [[ $dry_run == 0 && $EUID -ne 0 ]]; then
-		die "a LaunchDaemon is removed from /Library/LaunchDaemons: run it with sudo: sudo launchd/uninstall.sh --system"
-	fi
-else
-	if [[ $EUID -eq 0 && -n ${SUDO_USER:-} ]]; then
-		die "a LaunchAgent belongs to the logged-in user: run it without sudo (or pass --system for the LaunchDaemon)"
-	fi
-	plist=$HOME/Library/LaunchAgents/$label.plist
-	domain=gui/$(id -u)
-	[[ -n $log_dir ]] || log_dir=$HOME/Library/Logs/$label
-fi
-service=$domain/$label
+job_location "removed from"
 
 if [[ $dry_run == 0 ]] && ! command -v launchctl >/dev/null; then
 	die "launchctl not found: this removes a macOS launchd job (use --dry-run to see what it would do)"

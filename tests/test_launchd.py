@@ -396,7 +396,8 @@ def test_scripts_pass_shellcheck() -> None:
     if shellcheck is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck; make test installs it)")
     result = subprocess.run(
-        [shellcheck, "--shell=bash", "--severity=style", str(INSTALL), str(UNINSTALL)],
+        [shellcheck, "--shell=bash", "--severity=style", "--external-sources", str(INSTALL), str(UNINSTALL)],
+        cwd=REPO,  # `source=launchd/lib.sh` directives are relative to the repository
         capture_output=True,
         text=True,
         timeout=60,
