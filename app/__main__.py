@@ -60,6 +60,11 @@ def main() -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,  # after the drain, for whatever it left (its grace is over by then)
+        # uvicorn reads a websocket only as fast as the app takes its messages, so a client's pong waits behind
+        # every audio frame not yet transcribed: with a ping timeout, a server running 20 s behind under load
+        # would close live streams (1011) without a word. Dead clients are caught by DS_STREAM_IDLE_TIMEOUT and
+        # DS_STREAM_SEND_TIMEOUT instead.
+        ws_ping_timeout=None,
     )
     server = DrainingServer(config, settings.shutdown_grace_seconds)
     server.run()

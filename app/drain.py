@@ -85,10 +85,16 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.draining:
-            if kind == "websocket":
-                await send(
-                    {"type": "websocket.close", "code": GOING_AWAY, "reason": "the server is shutting down"}
-                )
+            if kind == "websocket":  # accepted first: a close before accept reaches the client as HTTP 403
+                if (await receive())["type"] == "websocket.connect":
+                    await send({"type": "websocket.accept"})
+                    await send(
+                        {
+                            "type": "websocket.close",
+                            "code": GOING_AWAY,
+                            "reason": "the server is shutting down",
+                        }
+                    )
             else:
                 await _send_json_503(send)
             return

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault(
+    "OPENBLAS_NUM_THREADS", "1"
+)  # as the service runs (app/__init__.py), before NumPy loads
 
 SMALL_WIDTH = 48
 

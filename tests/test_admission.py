@@ -75,8 +75,9 @@ def test_stream_limit_refuses_with_1013_and_frees_the_slot(
     app = create_app(Settings(model_dir=small_model_dir, max_streams=1), small_engine)
     with TestClient(app) as client:
         with client.websocket_connect("/stream") as first:
-            with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/vosk"):
-                pass
+            with client.websocket_connect("/vosk") as second:  # accepted, then closed: never an HTTP 403
+                with pytest.raises(WebSocketDisconnect) as refused:
+                    second.receive_json()
             assert refused.value.code == 1013
             first.send_text('{"type": "eof"}')
             assert first.receive_json()["type"] == "final"

@@ -41,9 +41,14 @@ def start_server(env: dict[str, str], port: int, log: Path | None = None) -> sub
 
 
 class ServerUrl(str):
-    """The base URL of a running server, with the file its log goes to."""
+    """The base URL of a running server, with its process id and the file its log goes to."""
 
     log: Path
+    pid: int
+
+    @property
+    def ws(self) -> str:
+        return self.replace("http://", "ws://", 1)
 
 
 @contextmanager
@@ -53,7 +58,7 @@ def running_server(env: dict[str, str]) -> Iterator[ServerUrl]:
     log = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
     process = start_server(env, port, log)
     base = ServerUrl(f"http://127.0.0.1:{port}")
-    base.log = log
+    base.log, base.pid = log, process.pid
     deadline = time.monotonic() + 60
     try:
         while time.monotonic() < deadline:

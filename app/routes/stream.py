@@ -166,6 +166,8 @@ TRY_AGAIN_LATER = 1013  # websocket close code: the server is at its stream limi
 async def admit_stream(websocket: WebSocket) -> bool:
     """Accept the websocket if a stream slot is free, else refuse it with 1013 (try again later)."""
     if not websocket.app.state.admission.open_stream():
+        # Accepted first: a close before accept reaches the client as HTTP 403, the same as a bad API key.
+        await websocket.accept()
         await websocket.close(TRY_AGAIN_LATER, reason="too many open streams; retry shortly")
         return False
     await websocket.accept()
