@@ -13,12 +13,13 @@ export DS_MODEL_DIR
 # checks the launchd scripts.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
 
-.PHONY: help serve test lint system-deps venv clean default-model
+.PHONY: help serve test lint system-deps venv clean default-model bench
 
 help:
 	@echo "make serve   set up a virtualenv and serve $(DS_MODEL_DIR) on http://$(HOST):$(PORT)"
 	@echo "make test    set up everything and run lint, type checks and the test suite"
 	@echo "make default-model   retrain models/default from synthetic speech (about an hour on 2 cores)"
+	@echo "make bench   ratios vs the seed loop, the native client and unbatched streams (~45 min; bench.json)"
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -62,6 +63,12 @@ test: system-deps venv lint
 default-model: system-deps venv
 	@dpkg -s fortunes fortunes-min wamerican >/dev/null 2>&1 || apt-get install -y -qq fortunes fortunes-min wamerican
 	$(BIN)/python scripts/train_default.py --out models/default
+
+# Side-by-side ratios measured in one run (shared machines are noisy): whole file by stage and over HTTP,
+# streaming vs the coremltools guide's loop, the DeepSpeech 0.9.3 native client, 1-64 concurrent streams with
+# batching on and off, and this machine's sgemm/bandwidth limit. `scripts/bench.py --quick` takes < 10 min.
+bench: system-deps venv
+	$(BIN)/python scripts/bench.py --json bench.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
