@@ -3,7 +3,12 @@ mono float32 at 16 kHz.
 
 One decoder library for every container: PyAV (FFmpeg's demuxers and decoders, shipped inside its wheels for
 Linux and macOS, so no system FFmpeg). Samples are converted to float like DeepSpeech's int16/32768, channels
-are averaged, and other rates are resampled with soxr (high quality).
+are averaged, and other rates are resampled with soxr (high quality) frame by frame as they decode, so what a
+file holds in memory is its 16 kHz mono audio whatever its rate and channel count.
+
+Untrusted input: every way a file can be bad ends as one of the `AudioError`s below (the web layer maps them to
+4xx statuses), never as another exception (tests/test_fuzz.py), and the duration cap is checked after each decoded
+frame, before the frame is resampled or kept.
 """
 
 from __future__ import annotations
@@ -13,8 +18,15 @@ import io
 import av
 import numpy as np
 import soxr
+from av.audio.plane import AudioPlane
 
 SAMPLE_RATE = 16000
+
+# FFmpeg sample formats (planar ones end in "p") → NumPy dtypes.
+_DTYPES = {"u8": "u1", "s16": "i2", "s32": "i4", "s64": "i8", "flt": "f4", "dbl": "f8"}
+# What opening a container raises on bytes PyAV cannot make sense of (besides FFmpeg's own errors, a few of its
+# checks raise ValueError, and metadata that is not UTF-8 a UnicodeDecodeError); decoding raises av.FFmpegError.
+OPEN_ERRORS = (av.FFmpegError, ValueError, UnicodeDecodeError)
 
 
 class AudioError(ValueError):
@@ -34,63 +46,115 @@ class AudioTooLong(AudioError):
     decodes to hours (a decompression bomb) is stopped early."""
 
 
+class Resampler:
+    """Streaming resampler to the model's 16 kHz (soxr keeps its filter state between chunks, so chunked output
+    equals resampling the whole signal at once); a no-op at 16 kHz."""
+
+    def __init__(self, rate: int) -> None:
+        if not isinstance(rate, int) or rate <= 0:
+            raise UnsupportedAudio(f"invalid sample rate {rate!r}")
+        try:
+            self._stream = (
+                soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+                if rate != SAMPLE_RATE
+                else None
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise UnsupportedAudio(f"cannot resample from {rate} Hz ({_reason(exc)})") from exc
+
+    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
+        if self._stream is None:
+            return np.ascontiguousarray(samples, np.float32)
+        return np.asarray(self._stream.resample_chunk(samples, last=last), np.float32)
+
+
 def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
-    """Decode a whole file → (16 kHz mono float32 samples, duration in seconds of the original)."""
+    """Decode a whole file → (16 kHz mono float32 samples, duration in seconds of the original).
+
+    Raises EmptyAudio, UnsupportedAudio or AudioTooLong (all AudioError) and nothing else for bad input."""
     if not data:
         raise EmptyAudio("the uploaded file is empty")
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except (av.FFmpegError, ValueError, UnicodeDecodeError) as exc:
+    except OPEN_ERRORS as exc:
         raise UnsupportedAudio(
             f"cannot decode the audio ({_reason(exc)}); send WAV, FLAC, MP3, M4A, OGG or WebM"
         ) from exc
+    chunks: list[np.ndarray] = []
+    rate = 0
+    total = 0  # samples decoded, at the file's rate
+    resample: Resampler | None = None
     with container:
         if not container.streams.audio:
             raise UnsupportedAudio("the file holds no audio stream")
         stream = container.streams.audio[0]
-        chunks: list[np.ndarray] = []
-        rate = 0
-        total = 0
         try:
             for frame in container.decode(stream):
-                if rate == 0:
+                if resample is None:
                     rate = frame.sample_rate
+                    resample = Resampler(rate)
                 elif frame.sample_rate != rate:
                     raise UnsupportedAudio(
                         f"the sample rate changes mid-stream ({rate} → {frame.sample_rate} Hz)"
                     )
                 samples = _mono_float(frame)
-                chunks.append(samples)
                 total += len(samples)
                 if max_seconds is not None and total > max_seconds * rate:
                     raise AudioTooLong(
                         f"the audio is longer than {max_seconds:g} s; raise DS_MAX_AUDIO_SECONDS or send less"
                     )
+                if not np.all(np.isfinite(samples)):
+                    raise UnsupportedAudio("the audio holds NaN or infinite samples")
+                chunks.append(resample(samples))
+        except AudioError:
+            chunks.clear()  # the exception's traceback keeps this frame: not the audio decoded up to the cap too
+            raise
         except av.FFmpegError as exc:
-            if not chunks:
+            if total == 0:
                 raise UnsupportedAudio(f"cannot decode the audio ({_reason(exc)})") from exc
-            # A truncated file: keep what decoded, as players do.
-    if total == 0:
+            # A truncated or damaged file: keep what decoded, as players do.
+    if total == 0 or resample is None:
         raise EmptyAudio("the audio holds no samples")
-    mono = np.concatenate(chunks)
-    if not np.all(np.isfinite(mono)):
-        raise UnsupportedAudio("the audio holds NaN or infinite samples")
-    return to_model_rate(mono, rate), total / rate
+    chunks.append(resample(np.zeros(0, np.float32), last=True))
+    return np.concatenate(chunks), total / rate
 
 
 def _mono_float(frame: av.AudioFrame) -> np.ndarray:
-    """One decoded frame → mono float32 (channels averaged); integer formats scaled like int16/32768."""
-    data = frame.to_ndarray()
+    """One decoded frame → mono float32 (channels averaged); integer formats scaled like int16/32768.
+
+    Reads each channel's plane itself: PyAV's `frame.planes` (and so `to_ndarray`) walks FFmpeg's
+    `extended_data` until a NULL pointer, which planar audio of 8 channels or more does not have, and reads past
+    the array (a crash on a valid 7.1 Vorbis or Opus file, or on a header that lies about its channel count).
+    """
     fmt = frame.format
-    if not fmt.is_planar:  # packed: (1, n·channels) interleaved
-        data = data.reshape(-1, len(frame.layout.channels)).T
+    channels = frame.layout.nb_channels
+    count = frame.samples
+    dtype = _DTYPES.get(fmt.name.removesuffix("p"))
+    if dtype is None:
+        raise UnsupportedAudio(f"unsupported sample format {fmt.name}")
+    if channels < 1:
+        raise UnsupportedAudio("a decoded frame has no channels")
+    if count <= 0:
+        return np.zeros(0, np.float32)
+    try:
+        if fmt.is_planar:
+            data = np.stack([np.frombuffer(_plane(frame, i), dtype, count=count) for i in range(channels)])
+        else:  # packed: one plane, channels interleaved
+            data = np.frombuffer(_plane(frame, 0), dtype, count=count * channels).reshape(count, channels).T
+    except ValueError as exc:  # NumPy: "buffer is smaller than requested size"
+        raise UnsupportedAudio(f"a decoded frame holds fewer samples than it claims ({exc})") from None
     if data.dtype.kind == "u":  # 8-bit PCM is unsigned around 128
         data = (data.astype(np.float32) - 128.0) / 128.0
     elif data.dtype.kind == "i":
         data = data.astype(np.float32) / float(2 ** (8 * data.dtype.itemsize - 1))
     else:
-        data = data.astype(np.float32, copy=False)
-    return data.mean(axis=0, dtype=np.float32) if data.shape[0] > 1 else data[0]
+        data = data.astype(np.float32)
+    return data.mean(axis=0, dtype=np.float32) if channels > 1 else data[0]
+
+
+def _plane(frame: av.AudioFrame, index: int) -> memoryview:
+    """Channel `index`'s samples (planar), or all of them interleaved (packed, index 0): a view, not a copy."""
+    return memoryview(AudioPlane(frame, index))
 
 
 def _reason(exc: Exception) -> str:

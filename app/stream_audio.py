@@ -4,6 +4,10 @@ Raw s16le PCM at a declared rate (8–48 kHz, resampled with soxr's streaming re
 state between frames), or an encoded container as browsers' MediaRecorder produces (`webm`, `ogg`: Opus or
 Vorbis), decoded incrementally by PyAV — the same FFmpeg decoders as uploads.
 
+An encoded stream decodes to at most `max_seconds` of audio (the stream's length limit): a few KB of Ogg FLAC can
+decode to hours, and a push hands the session everything its bytes decoded to. The decoder stops there with an
+error, as it does on a NaN sample or a sample rate that changes.
+
 Why a thread for encoded input: FFmpeg's demuxers pull bytes through a blocking read, while the websocket
 pushes frames as they arrive. A small pipe bridges the two: the decode thread blocks in `read` until the next
 frame (or the end) comes; `push` returns once the decoder has taken the frame's bytes and asks for more, with
@@ -13,34 +17,33 @@ the samples they yielded.
 from __future__ import annotations
 
 import io
+import logging
 import queue
 import threading
 from collections import deque
 
 import av
 import numpy as np
-import soxr
 
-from app.audio import SAMPLE_RATE, UnsupportedAudio, _mono_float
+from app.audio import (
+    SAMPLE_RATE,
+    AudioError,
+    Resampler,
+    UnsupportedAudio,
+    _mono_float,
+    _reason,
+)
 from app.features import int16_to_float
+from app.settings import Settings
+
+log = logging.getLogger(__name__)
 
 MIN_RATE, MAX_RATE = 8000, 48000
 ENCODED_FORMATS = {"webm": "webm", "ogg": "ogg"}  # declared name → FFmpeg demuxer
 DECODE_TIMEOUT = 30.0  # seconds a push waits for the decoder to take its bytes
-
-
-class _Resampler:
-    def __init__(self, rate: int) -> None:
-        self._stream = (
-            soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
-            if rate != SAMPLE_RATE
-            else None
-        )
-
-    def __call__(self, samples: np.ndarray, last: bool = False) -> np.ndarray:
-        if self._stream is None:
-            return samples
-        return np.asarray(self._stream.resample_chunk(samples, last=last), np.float32)
+# Most audio an encoded stream decodes to (its own seconds) unless the route says otherwise: DS_STREAM_MAX_SECONDS'
+# default. A few bytes of Ogg can decode to hours (a decompression bomb); the decoder stops here.
+MAX_SECONDS: float = Settings.model_fields["stream_max_seconds"].default
 
 
 class StreamAudio:
@@ -56,8 +59,14 @@ class StreamAudio:
         """Free what the input holds (threads); safe to call more than once."""
 
     @staticmethod
-    def open(audio_format: str = "pcm", sample_rate: int = SAMPLE_RATE) -> StreamAudio:
-        """The input a client declared; ValueError with a message for the client if the declaration is bad."""
+    def open(
+        audio_format: str = "pcm", sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None
+    ) -> StreamAudio:
+        """The input a client declared; ValueError with a message for the client if the declaration is bad (of
+        any JSON type). `max_seconds`: the most audio an encoded input decodes (DS_STREAM_MAX_SECONDS; MAX_SECONDS
+        when not given)."""
+        if not isinstance(audio_format, str):
+            raise ValueError(f"format must be pcm, webm or ogg, got {_shown(audio_format)}")
         if audio_format == "pcm":
             if (
                 isinstance(sample_rate, bool)
@@ -65,18 +74,26 @@ class StreamAudio:
                 or not MIN_RATE <= sample_rate <= MAX_RATE
             ):
                 raise ValueError(
-                    f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE}, got {sample_rate!r}"
+                    f"sample_rate must be an integer from {MIN_RATE} to {MAX_RATE}, got {_shown(sample_rate)}"
                 )
             return PcmInput(sample_rate)
         if audio_format in ENCODED_FORMATS:
-            return EncodedInput(ENCODED_FORMATS[audio_format])
-        raise ValueError(f"format must be pcm, webm or ogg, got {audio_format!r}")
+            return EncodedInput(
+                ENCODED_FORMATS[audio_format], MAX_SECONDS if max_seconds is None else max_seconds
+            )
+        raise ValueError(f"format must be pcm, webm or ogg, got {_shown(audio_format)}")
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """A client's value in an error message, cut short (a control message may be large)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class PcmInput(StreamAudio):
     def __init__(self, rate: int) -> None:
         self.rate = rate
-        self._resample = _Resampler(rate)
+        self._resample = Resampler(rate)
 
     def push(self, data: bytes) -> np.ndarray:
         if len(data) % 2:
@@ -143,17 +160,24 @@ class _Pipe(io.RawIOBase):
         return n
 
 
+class StreamTooLongToDecode(UnsupportedAudio):
+    """An encoded stream decoded to more than its `max_seconds`; decoding stopped there."""
+
+
 class EncodedInput(StreamAudio):
-    def __init__(self, demuxer: str) -> None:
+    def __init__(self, demuxer: str, max_seconds: float = MAX_SECONDS) -> None:
         self._pipe = _Pipe()
         self._demuxer = demuxer
+        self._max_seconds = max_seconds
         self._out: queue.Queue[np.ndarray] = queue.Queue()
         self._error: Exception | None = None
-        self._resample: _Resampler | None = None
         self._thread = threading.Thread(target=self._decode, name=f"decode-{demuxer}", daemon=True)
         self._thread.start()
 
     def _decode(self) -> None:
+        resample: Resampler | None = None
+        rate = 0
+        total = 0  # samples decoded, at the stream's rate
         try:
             # Tiny probe: the codec parameters are in the container header; the default probe would wait for
             # seconds of audio before the first sample comes out.
@@ -166,13 +190,35 @@ class EncodedInput(StreamAudio):
                 if not container.streams.audio:
                     raise UnsupportedAudio(f"the {self._demuxer} stream holds no audio track")
                 for frame in container.decode(audio=0):
-                    if self._resample is None:
-                        self._resample = _Resampler(frame.sample_rate)
-                    self._out.put(self._resample(_mono_float(frame)))
-                if self._resample is not None:
-                    self._out.put(self._resample(np.zeros(0, np.float32), last=True))
-        except (av.FFmpegError, UnsupportedAudio, ValueError) as exc:
+                    if resample is None:
+                        rate = frame.sample_rate
+                        resample = Resampler(rate)
+                    elif frame.sample_rate != rate:
+                        raise UnsupportedAudio(
+                            f"the sample rate changes mid-stream ({rate} → {frame.sample_rate} Hz)"
+                        )
+                    samples = _mono_float(frame)
+                    room = int(self._max_seconds * rate) - total
+                    if len(samples) > room:  # checked before resampling: a frame may hold hours
+                        self._out.put(resample(samples[: max(room, 0)], last=True))
+                        raise StreamTooLongToDecode(
+                            f"the {self._demuxer} stream decodes to more than {self._max_seconds:g} s of audio; "
+                            "the rest was not decoded"
+                        )
+                    total += len(samples)
+                    if not np.all(np.isfinite(samples)):
+                        raise UnsupportedAudio("the audio holds NaN or infinite samples")
+                    self._out.put(resample(samples))
+                if resample is not None:
+                    self._out.put(resample(np.zeros(0, np.float32), last=True))
+        except AudioError as exc:
             self._error = exc
+        except (av.FFmpegError, ValueError) as exc:
+            self._error = UnsupportedAudio(f"cannot decode the {self._demuxer} stream ({_reason(exc)})")
+        except Exception as exc:
+            # A bug, or no memory: this stream's input ends with a bad_frame error; the service goes on.
+            log.exception("the %s decoder failed", self._demuxer)
+            self._error = UnsupportedAudio(f"cannot decode the {self._demuxer} stream ({type(exc).__name__})")
         finally:
             self._pipe.reader_gone()
 
@@ -184,7 +230,7 @@ class EncodedInput(StreamAudio):
             except queue.Empty:
                 break
         if self._error is not None and not parts:
-            raise UnsupportedAudio(f"cannot decode the {self._demuxer} stream ({self._error})")
+            raise UnsupportedAudio(str(self._error))
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def push(self, data: bytes) -> np.ndarray:

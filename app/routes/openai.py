@@ -548,9 +548,11 @@ TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     },
     400: _error_doc("a bad field, a missing file, or empty audio"),
+    401: _error_doc("DS_API_KEY is set and the request lacks that key (invalid_api_key)"),
     413: _error_doc("upload larger than DS_MAX_UPLOAD_BYTES, or audio longer than the duration cap"),
     415: _error_doc("audio that cannot be decoded"),
     500: _error_doc("the model failed on this audio"),
+    503: _error_doc("every worker busy and the queue full (server_busy), or the server is shutting down"),
 }
 
 
@@ -571,16 +573,23 @@ async def create_transcription(request: Request) -> Response:
         except DecodeOptionError as exc:
             raise OpenAIError(400, str(exc), param="hot_words", code="invalid_hot_words") from exc
         max_seconds = request.app.state.settings.max_audio_seconds
-        samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
         if req.stream:
-            ticket = request.app.state.admission.reserve()  # full queue: a 503 now, before the 200 is sent
+            # A place in the queue first (full: a 503 now, before the 200 is sent), so that decoding, like the
+            # model, runs for a bounded number of requests at once; the worker slot is taken in the body.
+            ticket = request.app.state.admission.reserve()
+            try:
+                samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
+            except BaseException:
+                ticket.release()
+                raise
             return StreamingResponse(
                 _event_stream(request, samples, hot, ticket),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                 background=BackgroundTask(ticket.release),  # also when the body never ran (client gone)
             )
-        async with request.app.state.admission.inference():
+        async with request.app.state.admission.inference():  # decoding counts against the workers too
+            samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
             result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
         observe_audio(request.app, "/v1/audio/transcriptions", result.duration, result.processing_seconds)
     except OpenAIError as exc:

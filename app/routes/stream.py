@@ -80,6 +80,10 @@ def stream_options(config: dict[str, Any]) -> tuple[dict[str, float] | None, int
     if isinstance(raw, dict):
         hot.update(raw)
     elif raw is not None:
+        if isinstance(raw, list) and not all(isinstance(spec, str) for spec in raw):
+            raise DecodeOptionError(
+                "hot_words must be {word: boost}, 'word:boost,...' or a list of such strings"
+            )
         hot.update(parse_hot_words(raw if isinstance(raw, list) else [str(raw)]) or {})
     if config.get("phrase_list") is not None:
         phrases = config["phrase_list"]
@@ -175,6 +179,9 @@ async def admit_stream(websocket: WebSocket) -> bool:
     return True
 
 
+MAX_CONTROL_CHARS = 64 * 1024  # control messages are a few hundred bytes; anything this big is not one
+
+
 async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
     """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
     text). Raises WebSocketDisconnect when the client has gone, ValueError for text that is not a JSON object,
@@ -203,7 +210,13 @@ async def receive_message(websocket: WebSocket) -> bytes | dict[str, Any]:
         raise WebSocketDisconnect(message.get("code", 1000))
     if message.get("bytes") is not None:
         return bytes(message["bytes"])
-    control = json.loads(message.get("text") or "")
+    text = message.get("text") or ""
+    if len(text) > MAX_CONTROL_CHARS:
+        raise ValueError(f"a control message of {len(text)} characters; the limit is 64 KB")
+    try:
+        control = json.loads(text)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
     if not isinstance(control, dict):
         raise ValueError("a control message is a JSON object")
     return control
@@ -286,7 +299,9 @@ async def stream(websocket: WebSocket) -> None:
                     continue
                 try:
                     state.audio = StreamAudio.open(
-                        control.get("format", "pcm"), control.get("sample_rate", SAMPLE_RATE)
+                        control.get("format", "pcm"),
+                        control.get("sample_rate", SAMPLE_RATE),
+                        websocket.app.state.settings.stream_max_seconds,
                     )
                     hot_words, alternatives = stream_options(control)
                     if hot_words or alternatives != 1:

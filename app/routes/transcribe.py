@@ -46,6 +46,18 @@ class TranscriptionResponse(BaseModel):
     )
 
 
+class ErrorMessage(BaseModel):
+    """Every error of this route: what was wrong, for a person (never a traceback)."""
+
+    detail: str
+
+
+class InvalidRequest(BaseModel):
+    """422: a message (hot words, alternatives) or FastAPI's list of field errors (a missing `file` field)."""
+
+    detail: str | list[dict[str, Any]]
+
+
 OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "`format=json` (default): the JSON above; `text`: the transcript as text/plain; "
@@ -56,11 +68,22 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
             subtitles.VTT_MEDIA_TYPE: {"schema": {"type": "string"}},
         },
     },
-    400: {"description": 'empty audio: `{"detail": ...}`'},
-    413: {"description": "upload over DS_MAX_UPLOAD_BYTES, or audio over the duration cap"},
-    422: {"description": "invalid hot words or alternatives, or a missing `file` field"},
-    503: {"description": "every worker busy and the queue full; retry after the Retry-After seconds"},
-    415: {"description": "audio that cannot be decoded"},
+    400: {"model": ErrorMessage, "description": "empty audio, or a body that is not multipart/form-data"},
+    401: {"model": ErrorMessage, "description": "DS_API_KEY is set and the request lacks that key"},
+    413: {
+        "model": ErrorMessage,
+        "description": "upload over DS_MAX_UPLOAD_BYTES, or audio over the duration cap",
+    },
+    415: {"model": ErrorMessage, "description": "audio that cannot be decoded"},
+    422: {
+        "model": InvalidRequest,
+        "description": "invalid hot words or alternatives, or a missing `file` field",
+    },
+    503: {
+        "model": ErrorMessage,
+        "description": "every worker busy and the queue full (retry after the Retry-After seconds), or the "
+        "server is shutting down",
+    },
 }
 
 

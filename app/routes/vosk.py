@@ -78,6 +78,7 @@ async def vosk(websocket: WebSocket) -> None:
     words = True
     hot_words: dict[str, float] | None = None
     max_alternatives = 0
+    limit = websocket.app.state.settings.stream_max_seconds
     stream_opened(websocket.app, "/vosk")
     try:
         while True:
@@ -87,7 +88,7 @@ async def vosk(websocket: WebSocket) -> None:
                 await send_message(websocket, {"error": f"not a JSON object: {exc}"})
                 continue
             if isinstance(message, bytes):
-                audio = audio or StreamAudio.open(*spec)
+                audio = audio or StreamAudio.open(*spec, max_seconds=limit)
                 try:
                     await feed_audio(websocket, session, audio, message)
                 except UnsupportedAudio as exc:
@@ -104,8 +105,8 @@ async def vosk(websocket: WebSocket) -> None:
                     n_best = int(config.get("max_alternatives", 0))
                     if session.samples_in == 0:
                         session = engine.open_stream(hot_words=hot, alternatives=max(1, n_best))
-                    opened = StreamAudio.open(*requested)
-                except (ValueError, TypeError) as exc:
+                    opened = StreamAudio.open(*requested, max_seconds=limit)
+                except (ValueError, TypeError, OverflowError) as exc:
                     await send_message(websocket, {"error": str(exc)})
                     continue
                 if audio is not None:
@@ -114,14 +115,14 @@ async def vosk(websocket: WebSocket) -> None:
                 hot_words, max_alternatives = hot, n_best
                 continue  # Vosk answers nothing to a valid config message
             if control.get("eof") or control.get("reset"):
-                audio = audio or StreamAudio.open(*spec)
+                audio = audio or StreamAudio.open(*spec, max_seconds=limit)
                 transcript = await final_transcript(session, audio)
                 await send_message(websocket, vosk_result(transcript, words, max_alternatives))
                 if control.get("eof"):
                     await websocket.close(1000)
                     return
                 audio.close()
-                audio = StreamAudio.open(*spec)
+                audio = StreamAudio.open(*spec, max_seconds=limit)
                 observe_stream(websocket.app, "/vosk", session)  # counted now: the session is replaced
                 session = engine.open_stream(hot_words=hot_words, alternatives=max(1, max_alternatives))
                 continue
@@ -134,7 +135,7 @@ async def vosk(websocket: WebSocket) -> None:
         await end_stream(websocket, {"error": str(exc)}, 1000)
     except (StreamTooLong, ServerDraining) as exc:  # the final result of what was heard, as for eof
         try:
-            transcript = await final_transcript(session, audio or StreamAudio.open(*spec))
+            transcript = await final_transcript(session, audio or StreamAudio.open(*spec, max_seconds=limit))
             result = vosk_result(transcript, words, max_alternatives)
             await end_stream(websocket, result, GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
         except Exception as failure:
