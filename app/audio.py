@@ -46,6 +46,11 @@ class AudioTooLong(AudioError):
     decodes to hours (a decompression bomb) is stopped early."""
 
 
+# No real recording is above 384 kHz; higher rates only make a tiny file cost a lot of decoding before the
+# duration cap can see it (at ~200 M samples/s here, a 1 MHz FLAC bomb was a minute of CPU at the 4 h cap).
+MAX_SOURCE_RATE = 384_000
+
+
 class Resampler:
     """Streaming resampler to the model's 16 kHz (soxr keeps its filter state between chunks, so chunked output
     equals resampling the whole signal at once); a no-op at 16 kHz."""
@@ -53,6 +58,10 @@ class Resampler:
     def __init__(self, rate: int) -> None:
         if not isinstance(rate, int) or rate <= 0:
             raise UnsupportedAudio(f"invalid sample rate {rate!r}")
+        if rate > MAX_SOURCE_RATE:
+            raise UnsupportedAudio(
+                f"sample rate {rate} Hz is above {MAX_SOURCE_RATE // 1000} kHz; resample the audio (e.g. to 16 kHz)"
+            )
         try:
             self._stream = (
                 soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")

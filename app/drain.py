@@ -18,6 +18,10 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.errors import send_json
+from app.routes.openai import PREFIX as OPENAI_PREFIX
+from app.routes.openai import error_body
+
 log = logging.getLogger(__name__)
 
 # Answer while draining: liveness, readiness (503 while draining) and metrics are how operators watch it.
@@ -72,6 +76,15 @@ class Drain:
         return True
 
 
+SHUTTING_DOWN = "the service is shutting down; retry shortly (another instance may take over)"
+
+
+def _shutting_down(path: str) -> object:
+    if path.startswith(OPENAI_PREFIX):  # the OpenAI SDKs read {"error": {...}}
+        return error_body(SHUTTING_DOWN, type="server_error", code="server_shutting_down")
+    return {"detail": SHUTTING_DOWN}
+
+
 class DrainMiddleware:
     """Counts HTTP requests in flight and, once draining, refuses new requests and websockets."""
 
@@ -96,7 +109,7 @@ class DrainMiddleware:
                         }
                     )
             else:
-                await _send_json_503(send)
+                await send_json(send, 503, _shutting_down(scope["path"]), ((b"retry-after", b"5"),))
             return
         if kind == "websocket":  # streams are tracked by the Admission and ended by their routes
             await self.app(scope, receive, send)
@@ -106,20 +119,3 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.drain.in_flight -= 1
-
-
-async def _send_json_503(send: Send) -> None:
-    body = b'{"detail":"the service is shutting down; retry shortly (another instance may take over)"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"5"),
-                (b"connection", b"close"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})

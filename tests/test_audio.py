@@ -142,3 +142,11 @@ def test_duration_cap_stops_a_decompression_bomb_while_decoding(monkeypatch: pyt
     monkeypatch.undo()
     samples, _ = decode_audio(with_soundfile(TONE, 16000, "WAV", "PCM_16"), max_seconds=5)
     assert len(samples) == len(TONE)
+
+
+def test_sample_rates_above_384_khz_are_refused_before_decoding() -> None:
+    """A real recording is never above 384 kHz; a higher rate only makes a small file decode for long."""
+    samples = np.zeros(1000, np.float32)
+    assert decode_audio(with_soundfile(samples, 384_000, "WAV", "PCM_16"))[1] == pytest.approx(1000 / 384_000)
+    with pytest.raises(UnsupportedAudio, match="above 384 kHz"):
+        decode_audio(with_soundfile(samples, 1_000_000, "WAV", "PCM_16"))

@@ -288,6 +288,8 @@ def test_sigterm_finishes_uploads_and_streams_in_flight_then_exits_0(
         assert httpx.get(f"{base}/ready", timeout=5).json() == {"status": "draining"}
         refused = httpx.post(f"{base}/transcribe", files={"file": ("a.wav", body)}, timeout=10)
         assert refused.status_code == 503 and "shutting down" in refused.json()["detail"]
+        openai = httpx.post(f"{base}/v1/audio/transcriptions", files={"file": ("a.wav", body)}, timeout=10)
+        assert openai.status_code == 503 and openai.json()["error"]["code"] == "server_shutting_down"
         assert process.poll() is None, "exited with an upload still in flight"
 
         upload.sendall(body[len(body) // 2 :] + tail)  # the rest of the upload: it is answered in full
