@@ -56,6 +56,7 @@ class Resampler:
     equals resampling the whole signal at once); a no-op at 16 kHz."""
 
     def __init__(self, rate: int) -> None:
+        self.rate = rate
         if not isinstance(rate, int) or rate <= 0:
             raise UnsupportedAudio(f"invalid sample rate {rate!r}")
         if rate > MAX_SOURCE_RATE:
@@ -99,14 +100,8 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
         stream = container.streams.audio[0]
         try:
             for frame in container.decode(stream):
-                if resample is None:
-                    rate = frame.sample_rate
-                    resample = Resampler(rate)
-                elif frame.sample_rate != rate:
-                    raise UnsupportedAudio(
-                        f"the sample rate changes mid-stream ({rate} → {frame.sample_rate} Hz)"
-                    )
-                samples = _mono_float(frame)
+                samples, resample = frame_samples(frame, resample)
+                rate = resample.rate
                 total += len(samples)
                 if max_seconds is not None and total > max_seconds * rate:
                     raise AudioTooLong(
@@ -126,6 +121,18 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
         raise EmptyAudio("the audio holds no samples")
     chunks.append(resample(np.zeros(0, np.float32), last=True))
     return np.concatenate(chunks), total / rate
+
+
+def frame_samples(frame: av.AudioFrame, resample: Resampler | None) -> tuple[np.ndarray, Resampler]:
+    """A decoded frame's mono float32 samples and the resampler for its rate (made at the first frame); a rate
+    that changes mid-stream is refused (UnsupportedAudio)."""
+    if resample is None:
+        resample = Resampler(frame.sample_rate)
+    elif frame.sample_rate != resample.rate:
+        raise UnsupportedAudio(
+            f"the sample rate changes mid-stream ({resample.rate} → {frame.sample_rate} Hz)"
+        )
+    return _mono_float(frame), resample
 
 
 def _mono_float(frame: av.AudioFrame) -> np.ndarray:

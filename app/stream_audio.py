@@ -30,8 +30,8 @@ from app.audio import (
     AudioError,
     Resampler,
     UnsupportedAudio,
-    _mono_float,
     _reason,
+    frame_samples,
 )
 from app.features import int16_to_float
 from app.settings import Settings
@@ -190,14 +190,8 @@ class EncodedInput(StreamAudio):
                 if not container.streams.audio:
                     raise UnsupportedAudio(f"the {self._demuxer} stream holds no audio track")
                 for frame in container.decode(audio=0):
-                    if resample is None:
-                        rate = frame.sample_rate
-                        resample = Resampler(rate)
-                    elif frame.sample_rate != rate:
-                        raise UnsupportedAudio(
-                            f"the sample rate changes mid-stream ({rate} → {frame.sample_rate} Hz)"
-                        )
-                    samples = _mono_float(frame)
+                    samples, resample = frame_samples(frame, resample)
+                    rate = resample.rate
                     room = int(self._max_seconds * rate) - total
                     if len(samples) > room:  # checked before resampling: a frame may hold hours
                         self._out.put(resample(samples[: max(room, 0)], last=True))

@@ -43,7 +43,7 @@ from app.settings import Settings
 from app.stream_audio import StreamAudio
 
 from .test_audio import with_pyav
-from .test_bad_input import FLAC, OPUS, VORBIS, WAV, assert_no_leak, encode, tone
+from .test_bad_input import FLAC, OPUS, VORBIS, WAV, assert_no_leak, converse, encode, tone
 
 BOUNDED = settings(
     max_examples=100,
@@ -186,25 +186,6 @@ def frames(control: st.SearchStrategy[Any]) -> st.SearchStrategy[list[str | byte
     return st.lists(frame, max_size=6)
 
 
-def talk(
-    client: TestClient, path: str, messages: list[str | bytes], end: str
-) -> tuple[list[dict[str, Any]], int]:
-    replies = []
-    with client.websocket_connect(path) as ws:
-        for message in messages:
-            if isinstance(message, bytes):
-                ws.send_bytes(message)
-            else:
-                ws.send_text(message)
-        ws.send_text(end)
-        while True:
-            reply = ws.receive()
-            if reply["type"] == "websocket.close":
-                return replies, reply.get("code", 1000)
-            assert_no_leak(reply["text"])
-            replies.append(json.loads(reply["text"]))
-
-
 def not_an_end(message: Any) -> bool:
     """eof (and Vosk's reset) end or restart a stream: the property is about what comes before the end."""
     return not (
@@ -216,7 +197,7 @@ def not_an_end(message: Any) -> bool:
 @settings(BOUNDED, max_examples=50)
 @given(frames(objects(STREAM_KEYS, ["config", "resume", "dance"]).filter(not_an_end)))
 def test_stream_survives_arbitrary_messages(client: TestClient, messages: list[str | bytes]) -> None:
-    replies, close = talk(client, "/stream", messages, '{"type": "eof"}')
+    replies, close = converse(client, "/stream", messages, '{"type": "eof"}')
     assert close == 1000, replies
     assert replies[-1]["type"] == "final"
     assert not any(r.get("code") in ("internal_error", "inference_failed") for r in replies), replies
@@ -227,7 +208,7 @@ def test_stream_survives_arbitrary_messages(client: TestClient, messages: list[s
     frames(st.one_of(st.builds(lambda c: {"config": c}, objects(VOSK_KEYS)), json_values).filter(not_an_end))
 )
 def test_vosk_survives_arbitrary_messages(client: TestClient, messages: list[str | bytes]) -> None:
-    replies, close = talk(client, "/vosk", messages, '{"eof": 1}')
+    replies, close = converse(client, "/vosk", messages, '{"eof": 1}')
     assert close == 1000, replies
     assert "text" in replies[-1] or "alternatives" in replies[-1]
     assert not any("internal error" in str(r.get("error", "")) for r in replies), replies
