@@ -87,14 +87,18 @@ def other_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.fixture(scope="session")
-def speech_pcm(speech_wav: Path) -> bytes:
-    """speech_wav's samples as the s16le 16 kHz PCM a websocket client sends."""
+def pcm16(path: Path) -> bytes:
+    """A 16 kHz WAV's samples as the s16le PCM a websocket client sends."""
     import soundfile
 
-    samples, rate = soundfile.read(speech_wav, dtype="int16")
+    samples, rate = soundfile.read(path, dtype="int16")
     assert rate == 16000
     return samples.tobytes()
+
+
+@pytest.fixture(scope="session")
+def speech_pcm(speech_wav: Path) -> bytes:
+    return pcm16(speech_wav)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import soundfile
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
@@ -22,6 +21,7 @@ from app.engine import Engine
 from app.main import create_app
 from app.metrics import RedactApiKey, redact_api_keys
 from app.settings import Settings
+from tests.conftest import pcm16
 
 KEY = "s3cret-key-0123456789"
 GOOD = {"Authorization": f"Bearer {KEY}"}
@@ -57,12 +57,6 @@ def client(keyed_settings: Settings, engine: Engine) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def wav(speech_wav: Path) -> bytes:
     return speech_wav.read_bytes()
-
-
-def pcm16(path: Path) -> bytes:
-    samples, rate = soundfile.read(path, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
 
 
 def _upload(wav: bytes) -> dict:

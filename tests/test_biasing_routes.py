@@ -12,7 +12,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 
-from .test_service import VOCABULARY_TEXT, pcm16
+from .conftest import pcm16
+from .test_service import VOCABULARY_TEXT
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import soundfile
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,6 +23,7 @@ from app.main import create_app
 from app.metrics import JsonFormatter, Metrics
 from app.routes import health
 from app.settings import Settings
+from tests.conftest import pcm16
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +45,6 @@ def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
 @pytest.fixture(scope="module")
 def wav(speech_wav: Path) -> bytes:
     return speech_wav.read_bytes()
-
-
-def pcm16(path: Path) -> bytes:
-    samples, rate = soundfile.read(path, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
 
 
 def scrape(client: TestClient | httpx.Response) -> dict[tuple[str, frozenset], float]:

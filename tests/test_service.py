@@ -22,6 +22,7 @@ from app.features import features_for_file, frame_count
 from app.main import create_app
 from app.runtime import LstmState
 from app.settings import Settings
+from tests.conftest import pcm16
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,6 @@ def engine(settings: Settings) -> Engine:
 def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     with TestClient(create_app(settings, engine)) as test_client:
         yield test_client
-
-
-def pcm16(path: Path) -> bytes:
-    samples, rate = soundfile.read(path, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
 
 
 def stream_pcm(client: TestClient, pcm: bytes, chunk: int = 3200, config: dict | None = None) -> list[dict]:

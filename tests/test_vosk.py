@@ -16,8 +16,9 @@ from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
 
+from .conftest import pcm16
 from .test_audio import with_pyav
-from .test_service import pcm16, stream_pcm
+from .test_service import stream_pcm
 
 
 @pytest.fixture(scope="module")
