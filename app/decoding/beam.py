@@ -98,9 +98,10 @@ class BeamOptions:
 
     beam_width: int = 500  # metadata_beam_width of the released models (the training flag default is 1024)
     cutoff_top_n: int = 40  # upstream default; flashlight's beam_size_token
-    # flashlight drops hypotheses scoring this far (nats) below the best; upstream has no such cut. 30 nats is
-    # a probability ratio of 1e-13, far below anything that can win, and keeps the search fast.
-    beam_threshold: float = 30.0
+    # flashlight drops hypotheses scoring this far (nats) below the best; upstream has no such cut. 15 nats is a
+    # probability ratio of 3e-7: on the default model's held-out set (173 utterances, beam 500 + LM) 30, 20 and 15
+    # gave the same WER/CER (22.45 % / 12.30 %) and 10 a worse one; 15 decodes 3.7x faster than 30.
+    beam_threshold: float = 15.0
     # Streaming: once this many frames are buffered, commit the best path up to `prune_look_back` frames ago
     # (flashlight moves that point further back to a word boundary) and free the older hypotheses.
     prune_interval: int = 500
