@@ -18,6 +18,7 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.admission import Admission
 from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
@@ -56,20 +57,17 @@ class Drain:
         self.draining = True
         self.event.set()
 
-    async def wait_idle(self, active_streams: object, timeout: float) -> bool:
-        """Wait until no request is in flight and no stream is open (True), or `timeout` seconds (False).
-
-        `active_streams` is anything with an `active_streams` count (the Admission).
-        """
+    async def wait_idle(self, admission: Admission, timeout: float) -> bool:
+        """Wait until no request is in flight and no stream is open (True), or `timeout` seconds (False)."""
         deadline = time.monotonic() + timeout
-        while self.in_flight or getattr(active_streams, "active_streams", 0):
+        while self.in_flight or admission.active_streams:
             if time.monotonic() >= deadline:
                 log.warning(
                     "shutdown grace of %.0f s is over with %d request(s) and %d stream(s) still open; "
                     "they are cut off (raise DS_SHUTDOWN_GRACE_SECONDS to give them longer)",
                     timeout,
                     self.in_flight,
-                    getattr(active_streams, "active_streams", 0),
+                    admission.active_streams,
                 )
                 return False
             await asyncio.sleep(0.05)
