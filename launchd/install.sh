@@ -250,14 +250,7 @@ fi
 if [[ $dry_run == 1 ]]; then
 	echo "+ launchctl bootout $service   # only if loaded; 'not loaded' is ignored"
 else
-	if launchctl print "$service" >/dev/null 2>&1; then
-		echo "stopping the running $service"
-		launchctl bootout "$service" 2>/dev/null || true
-		for _ in $(seq 1 40); do
-			launchctl print "$service" >/dev/null 2>&1 || break
-			sleep 1
-		done
-	fi
+	stop_job || true # bootstrap below reports a job launchd still holds
 fi
 if [[ $dry_run == 0 ]]; then
 	mv -f "$tmp_plist" "$plist"

@@ -58,3 +58,16 @@ job_location() {
 	plist=$plist_dir/$label.plist
 	service=$domain/$label
 }
+
+# Boot the job out if it is loaded ("not loaded" is fine) and wait up to 40 s for launchd to let it go.
+# Returns 1 if it was not loaded, 2 if it is still loaded after the wait.
+stop_job() {
+	launchctl print "$service" >/dev/null 2>&1 || return 1
+	echo "stopping $service"
+	launchctl bootout "$service" 2>/dev/null || true
+	for _ in $(seq 1 40); do
+		launchctl print "$service" >/dev/null 2>&1 || return 0
+		sleep 1
+	done
+	return 2
+}

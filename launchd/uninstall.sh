@@ -53,16 +53,13 @@ fi
 if [[ $dry_run == 1 ]]; then
 	echo "# dry run: nothing is changed. Removing $service"
 	echo "+ launchctl bootout $service   # only if loaded; 'not loaded' is ignored"
-elif launchctl print "$service" >/dev/null 2>&1; then
-	echo "stopping $service"
-	launchctl bootout "$service" 2>/dev/null || true
-	for _ in $(seq 1 40); do
-		launchctl print "$service" >/dev/null 2>&1 || break
-		sleep 1
-	done
-	! launchctl print "$service" >/dev/null 2>&1 || die "$service is still loaded; see: launchctl print $service"
 else
-	echo "$service is not loaded"
+	status=0
+	stop_job || status=$?
+	case $status in
+	1) echo "$service is not loaded" ;;
+	2) die "$service is still loaded; see: launchctl print $service" ;;
+	esac
 fi
 
 if [[ $dry_run == 1 || -e $plist ]]; then
