@@ -129,7 +129,6 @@ def stream_model_for(model: AcousticModel, settings: Settings) -> AcousticModel:
     batch-1 predictions and a batcher would only add a thread hop. Batching there needs a package re-converted
     with a batch dimension (flexible or enumerated shapes); left out.
     """
-    if not getattr(settings, "stream_batching", True) or not model.batched_chunks:
+    if not settings.stream_batching or not model.batched_chunks:
         return model
-    wait_ms = float(getattr(settings, "stream_batch_wait_ms", 2.0))
-    return BatchingModel(model, max_wait_s=wait_ms / 1000.0)
+    return BatchingModel(model, max_wait_s=settings.stream_batch_wait_ms / 1000.0)

@@ -472,27 +472,25 @@ def test_engine_load_wraps_the_stream_model_only() -> None:
 
 
 def test_only_backends_that_batch_get_the_batcher() -> None:
-    """Core ML's run_chunks is the one-by-one default (batched_chunks False): not wrapped. Settings without the
-    batching fields (read with getattr) get the defaults: on, 2 ms."""
-    from types import SimpleNamespace
-
+    """Core ML's run_chunks is the one-by-one default (batched_chunks False): not wrapped. The batching
+    settings' defaults: on, 2 ms."""
     from app.engine import stream_model_for
     from app.runtime.coreml_backend import CoreMLAcousticModel
+    from app.settings import Settings
 
     assert CoreMLAcousticModel.batched_chunks is False and NumpyAcousticModel.batched_chunks is True
     unbatched = RecordingModel(_model(64))
     unbatched.batched_chunks = False
-    assert stream_model_for(unbatched, SimpleNamespace()) is unbatched  # type: ignore[arg-type]
+    assert stream_model_for(unbatched, Settings()) is unbatched
     numpy_model = _model(64)
-    wrapped = stream_model_for(numpy_model, SimpleNamespace())  # type: ignore[arg-type]
+    wrapped = stream_model_for(numpy_model, Settings())
     try:
         assert isinstance(wrapped, BatchingModel) and wrapped.model is numpy_model
         assert wrapped.max_wait_s == pytest.approx(0.002) and wrapped.max_batch == 64
     finally:
         assert isinstance(wrapped, BatchingModel)
         wrapped.close()
-    off = SimpleNamespace(stream_batching=False)
-    assert stream_model_for(numpy_model, off) is numpy_model  # type: ignore[arg-type]
-    slow = stream_model_for(numpy_model, SimpleNamespace(stream_batch_wait_ms=10.0))  # type: ignore[arg-type]
+    assert stream_model_for(numpy_model, Settings(stream_batching=False)) is numpy_model
+    slow = stream_model_for(numpy_model, Settings(stream_batch_wait_ms=10.0))
     assert isinstance(slow, BatchingModel) and slow.max_wait_s == pytest.approx(0.01)
     slow.close()
