@@ -56,9 +56,8 @@ def create_app(
             health.mark_ready(app, seconds)
         yield
         app.state.resumable.close_all()
-        close = getattr(app.state.engine, "close", None)
-        if close is not None and (engine is None or owns_engine):  # stops the stream batcher's thread
-            close()
+        if engine is None or owns_engine:
+            app.state.engine.close()  # stops the stream batcher's thread
 
     app = FastAPI(
         title="DeepSpeech transcription service",

@@ -63,8 +63,7 @@ async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     if getattr(state, "engine", None) is None or not getattr(state, "ready", False):
         return JSONResponse({"status": "starting"}, status_code=503, headers={"Retry-After": "1"})
-    drain = getattr(state, "drain", None)
-    if drain is not None and drain.draining:
+    if state.drain.draining:
         return JSONResponse({"status": "draining"}, status_code=503, headers={"Retry-After": "5"})
     return JSONResponse({"status": "ready"})
 
