@@ -42,6 +42,11 @@ router = APIRouter(tags=["streaming"])
 VOSK_DEFAULT_RATE = 8000
 
 
+def vosk_error(code: str) -> dict[str, str]:
+    """A stream failure in Vosk's shape (it has no error codes, only a message)."""
+    return {"error": FAILURE_TEXT[code]}
+
+
 def vosk_result(transcript: Transcript, words: bool, alternatives: int = 0) -> dict[str, Any]:
     if alternatives > 0:
         return {
@@ -139,9 +144,9 @@ async def vosk(websocket: WebSocket) -> None:
             result = vosk_result(transcript, words, max_alternatives)
             await end_stream(websocket, result, GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
         except Exception as failure:
-            await stream_failure(websocket, "/vosk", failure, lambda code: {"error": FAILURE_TEXT[code]})
+            await stream_failure(websocket, "/vosk", failure, vosk_error)
     except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
-        await stream_failure(websocket, "/vosk", exc, lambda code: {"error": FAILURE_TEXT[code]})
+        await stream_failure(websocket, "/vosk", exc, vosk_error)
     finally:
         websocket.app.state.admission.close_stream()
         stream_closed(websocket.app, "/vosk", session)
