@@ -46,7 +46,9 @@ class Engine:
     def load(cls, settings: Settings) -> Engine:
         started = time.monotonic()
         model_dir = load_model_directory(settings.model_dir, verify_hashes=settings.verify_model_hashes)
-        model = load_acoustic_model(model_dir, settings.backend, settings.compute_units)
+        model = load_acoustic_model(
+            model_dir, settings.backend, settings.compute_units, settings.numpy_threads
+        )
         decoder = build_decoder(model_dir, settings)
         log.info(
             "loaded model %s from %s: width %d, backend %s, decoder %s, in %.2f s",

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.runtime.cores import default_threads
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DS_", env_file=".env", extra="ignore")
@@ -21,6 +23,13 @@ class Settings(BaseSettings):
     )
     backend: Literal["auto", "numpy", "coreml"] = "auto"
     compute_units: Literal["ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE"] = "ALL"
+    numpy_threads: int = Field(
+        default_factory=default_threads,
+        ge=1,
+        le=64,
+        description="cores one NumPy forward pass of a wide model spreads over while it runs alone "
+        "(default: the CPUs available, at most 4; 1: off)",
+    )
     decoder: Literal["beam", "greedy"] = "beam"
     beam_width: int = Field(500, ge=1, le=4096, description="DeepSpeech's export default")
     scorer: Path | None = Field(

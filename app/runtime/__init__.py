@@ -27,9 +27,12 @@ log = logging.getLogger(__name__)
 
 
 def load_acoustic_model(
-    model: ModelDirectory, backend: str = "auto", compute_units: str = "ALL"
+    model: ModelDirectory, backend: str = "auto", compute_units: str = "ALL", numpy_threads: int = 1
 ) -> AcousticModel:
-    """Load the model directory with the requested backend; `auto` is Core ML on macOS, else NumPy."""
+    """Load the model directory with the requested backend; `auto` is Core ML on macOS, else NumPy.
+
+    `numpy_threads`: cores a NumPy forward pass may spread over while it runs alone (app/runtime/cores.py).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     manifest = model.manifest
@@ -47,4 +50,4 @@ def load_acoustic_model(
         if backend == "coreml":
             raise CoreMLUnavailable(f"backend 'coreml' was requested but {reason}; use DS_BACKEND=numpy")
         log.info("using the NumPy backend: %s", reason)
-    return NumpyAcousticModel.from_file(model.weights_path, manifest.dynamic_max_steps)
+    return NumpyAcousticModel.from_file(model.weights_path, manifest.dynamic_max_steps, numpy_threads)
