@@ -1282,6 +1282,19 @@ def section_concurrency(bench: Bench, model: LoadedModel) -> None:
         (">=", TARGET_BATCHED_RATIO),
     )
     bench.row(model, 4, "batched finals = unbatched finals", results["batched_same_text_as_unbatched"])
+    # The same pair with greedy decoding: what batching does for the network alone, without the beam search
+    # (which holds the GIL and, on the random model's flat probabilities, costs as much as the network).
+    greedy: dict[str, Any] = {}
+    for batching in ("true", "false"):
+        tag = f"{model.name}-greedy-{'batched' if batching == 'true' else 'unbatched'}"
+        with uvicorn_server(model.path, tag, DS_STREAM_BATCHING=batching, DS_DECODER="greedy") as server:
+            log(
+                f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, greedy decoder, batching {batching}"
+            )
+            greedy[batching] = concurrent_streams(server, pcm, BATCHED_STREAMS)
+    greedy_ratio = greedy["true"]["audio_s_per_wall_s"] / greedy["false"]["audio_s_per_wall_s"]
+    results["greedy"] = {"batched": greedy["true"], "unbatched": greedy["false"], "ratio": greedy_ratio}
+    bench.row(model, 4, f"greedy decoder: batched / unbatched ({BATCHED_STREAMS} streams)", greedy_ratio)
     bench.section_result("concurrency", model, results)
 
 
@@ -1688,6 +1701,7 @@ def headlines(bench: Bench) -> tuple[dict[str, float | None], dict[str, Any], di
             how="aggregate audio seconds per wall second, 16 streams, DS_STREAM_BATCHING=true / =false",
             feeding=conc[1]["feeding"],
             audio_per_stream_s=conc[1]["audio_per_stream_s"],
+            greedy_decoder_ratio=conc[1].get("greedy", {}).get("ratio"),
         )
     if tiny:
         for key in HEADLINES:

@@ -71,6 +71,9 @@ def test_tiny_bench_writes_every_headline(bench: ModuleType, tmp_path: Path) -> 
     ]
     assert all(text.strip() for text in texts), texts
     assert concurrency["batched"]["16"]["all_finals_identical"]
+    greedy = concurrency["greedy"]  # the same pair with greedy decoding: batching's effect on the network alone
+    assert finite(greedy["ratio"]) and greedy["ratio"] > 0
+    assert greedy["batched"]["text"].strip() and greedy["batched"]["all_finals_identical"]
     for stage in ("decode_audio_rtf", "features_rtf", "network_rtf", "decoder_rtf"):
         assert finite(whole[stage]) and whole[stage] > 0
     assert finite(stream["clips"]["3 s"]["latency_p95_s"])
