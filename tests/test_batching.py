@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -301,6 +302,43 @@ def test_a_lone_stream_does_not_wait_for_company() -> None:
     assert isinstance(result, tuple), result
     _assert_same(result, _stream(plain, windows, width))
     assert batcher.batches == 4 and batcher.largest_batch == 1
+
+
+class SlowModel(RecordingModel):
+    """A model whose batches take at least `delay` seconds, like a wide model's."""
+
+    def __init__(self, model: NumpyAcousticModel, delay: float) -> None:
+        super().__init__(model)
+        self.delay = delay
+
+    def run_chunks(
+        self, requests: Sequence[tuple[np.ndarray, int, LstmState]]
+    ) -> list[tuple[np.ndarray, LstmState]]:
+        time.sleep(self.delay)
+        return super().run_chunks(requests)
+
+
+def test_the_wait_for_company_grows_with_the_batches_run_time() -> None:
+    """A quarter of the recent batches' run time (at most 50 ms), never less than max_wait_s; 0 stays 0."""
+    width = 64
+    fast = BatchingModel(_model(width), max_wait_s=0.002)
+    slow = BatchingModel(SlowModel(_model(width), delay=0.08), max_wait_s=0.002)
+    slower = BatchingModel(SlowModel(_model(width), delay=0.4), max_wait_s=0.002)
+    never = BatchingModel(SlowModel(_model(width), delay=0.08), max_wait_s=0.0)
+    windows = np.random.default_rng(3).normal(0, 3, (16, 19, 26)).astype(np.float32)
+    try:
+        assert slow.wait_s() == fast.wait_s() == 0.002  # nothing has run yet
+        for batcher in (slow, slower, never):
+            state = LstmState.zeros(width)
+            for _ in range(10):  # a lone caller: each chunk runs at once, alone
+                _, state = batcher.run_chunk(windows, STATIC_STEPS, state)
+        # The moving average starts at 0 and weighs each run 1/4: after 10 runs it holds >= 94 % of the delay.
+        assert 0.25 * 0.08 * 0.94 <= slow.wait_s() <= 0.05
+        assert slower.wait_s() == 0.05  # capped
+        assert never.wait_s() == 0.0  # DS_STREAM_BATCH_WAIT_MS=0 turns waiting off altogether
+    finally:
+        for batcher in (fast, slow, slower, never):
+            batcher.close()
 
 
 def test_close_stops_the_worker_and_later_chunks_run_unbatched() -> None:

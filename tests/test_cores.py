@@ -4,7 +4,10 @@ alone; a failing share fails its caller and leaves the pool usable."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -132,6 +135,32 @@ def test_a_failing_share_fails_the_caller_and_the_pool_lives_on() -> None:
         pool.run([share(0)])
     with pytest.raises(ValueError, match="at least 2"):
         CorePool(1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_makes_its_own_helpers(weights: dict[str, np.ndarray]) -> None:
+    """The parent's helper threads do not exist in a forked child: it must start its own, not wait forever."""
+    model = NumpyAcousticModel(weights, 1000, threads=2)
+    windows, state = _inputs(3, 40)
+    expected = model.run_window(windows, state)[0]  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # child: exit 0 only if the pass completes with the same answer
+        ok = False
+        try:
+            ok = bool(np.array_equal(model.run_window(windows, state)[0], expected))
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 60
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's forward pass hung waiting for the parent's helper threads")
+        time.sleep(0.05)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_threads_setting(monkeypatch: pytest.MonkeyPatch) -> None:

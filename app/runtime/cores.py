@@ -134,5 +134,14 @@ class Cores:
     def in_flight(self) -> int:
         return self._in_flight
 
+    def _forget_after_fork(self) -> None:
+        # A forked child has none of the parent's helper threads: a pool from before the fork would never answer.
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._pools.clear()
+        self._lent.clear()
+
 
 CORES = Cores()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=CORES._forget_after_fork)
