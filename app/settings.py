@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         2.0,
         ge=0,
         le=50,
-        description="how long a batch waits for other streams' chunks (only when several are open)",
+        description="how long a batch waits for other open streams' chunks (longer for batches that take long to run)",
     )
     shutdown_grace_seconds: float = Field(
         20.0, ge=0, description="on SIGTERM: time for requests in flight to finish before the process exits"

@@ -262,7 +262,7 @@ def test_scorer_file_is_used_as_is(corpus_lm: CorpusLM) -> None:
 
 
 def test_pruning_points_do_not_depend_on_chunking(scorer: Scorer) -> None:
-    """Long inputs prune every 500 frames (bounded memory); any chunking prunes at the same frames, so a stream
+    """Long inputs prune every 100-200 frames (bounded memory); any chunking prunes at the same frames, so a stream
     fed in odd chunks decodes exactly like the whole input."""
     rng = np.random.default_rng(11)
     logits = rng.normal(0, 1, (1337, ENGLISH.n_classes))

@@ -103,8 +103,12 @@ class BeamOptions:
     # gave the same WER/CER (22.45 % / 12.30 %) and 10 a worse one; 15 decodes 3.7x faster than 30.
     beam_threshold: float = 15.0
     # Streaming: once this many frames are buffered, commit the best path up to `prune_look_back` frames ago
-    # (flashlight moves that point further back to a word boundary) and free the older hypotheses.
-    prune_interval: int = 500
+    # (flashlight moves that point further back to a word boundary) and free the older hypotheses. Every partial
+    # converts each live hypothesis's path since the last prune, and flashlight keeps every buffered frame's
+    # beam, so fewer buffered frames cost less: 10 min of speech streamed on the default model took 15.3 s at
+    # 500, 12.9 at 300, 12.3 at 200, 11.8 at 150, with the same 1767 words each time; at width 2048 (random
+    # weights, 1 min) the text was identical at 500 and 200 and the decoder's memory 94 MB instead of 273.
+    prune_interval: int = 200
     prune_look_back: int = 100
 
 
