@@ -104,8 +104,7 @@ class Cores:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._pools: dict[int, CorePool] = {}
-        self._lent: set[int] = set()
+        self._pools: dict[int, CorePool] = {}  # by size; only ever lent to the one pass in flight
 
     @contextmanager
     def claim(self, threads: int) -> Iterator[CorePool | None]:
@@ -113,18 +112,15 @@ class Cores:
         pool: CorePool | None = None
         with self._lock:
             self._in_flight += 1
-            if threads >= 2 and self._in_flight == 1 and threads not in self._lent:
+            if threads >= 2 and self._in_flight == 1:
                 pool = self._pools.get(threads)
                 if pool is None:
                     pool = self._pools[threads] = CorePool(threads)
-                self._lent.add(threads)
         try:
             yield pool
         finally:
             with self._lock:
                 self._in_flight -= 1
-                if pool is not None:
-                    self._lent.discard(threads)
 
     def crowded(self) -> bool:
         """Another forward pass is in flight besides the caller's (read without the lock: a hint)."""
@@ -139,7 +135,6 @@ class Cores:
         self._lock = threading.Lock()
         self._in_flight = 0
         self._pools.clear()
-        self._lent.clear()
 
 
 CORES = Cores()
