@@ -10,9 +10,9 @@ the others' chunks (a stream has at most one chunk in flight, since run_chunk bl
 soon as every open stream's chunk is there): up to `max_wait_s`, or up to a quarter of what recent batches took
 to run if that is longer (at most 50 ms). A batch of a wide model runs for tens of milliseconds or more, and the
 streams it served come back one after the other as each one's decoding and websocket work gets its turn on the
-GIL; a fixed 2 ms caught few of them (16 closed-loop streams at width 2048: batches of 7 on average, 14 audio
-seconds per second), a quarter of the run time most (13 of 16, 23 audio s/s, and a lower p95 latency, since
-fewer batches queue behind each other). A narrow model's batches take a few milliseconds, so its wait stays at
+GIL; a fixed 2 ms caught few of them (16 closed-loop streams at width 2048, greedy decoding: batches of 7 on
+average, 14 audio seconds per second), a quarter of the run time most (12 of 16, 21 audio s/s, and a p95
+latency of 0.35 s instead of 0.41, since fewer batches queue behind each other). A narrow model's batches take a few milliseconds, so its wait stays at
 `max_wait_s`. Open streams are counted through
 `attach_stream()` (StreamSession calls it when it starts and the returned detach when it finishes or is
 dropped), so a lone stream never waits, and neither do callers that never attach. Streams that are open but
@@ -220,7 +220,9 @@ class BatchingModel(AcousticModel):
         started = time.monotonic()
         try:
             results = self.model.run_chunks([(r.windows, r.length, r.state) for r in batch])
-            self._recent_run_s += 0.25 * (time.monotonic() - started - self._recent_run_s)
+            self._recent_run_s += 0.25 * (
+                time.monotonic() - started - self._recent_run_s
+            )  # each run weighs 1/4
             if len(results) != len(batch):
                 raise RuntimeError(f"run_chunks returned {len(results)} results for {len(batch)} chunks")
         except Exception as exc:
