@@ -1381,40 +1381,39 @@ def machine_limit(profile: Profile, earlier: dict[str, Any] | None = None) -> di
 
 def measure_dense(model: LoadedModel, rows: int, repeats: int = 3) -> dict[str, Any]:
     """The dense layers (1, 2, 3, the LSTM's input kernel, 5, 6) on `rows` steps at once, with the model's
-    weights and the NumPy backend's own dense op on the cores a lone pass gets (DS_NUMPY_THREADS, default):
+    weights and the NumPy backend's own dense op on the cores a lone pass of this model gets (its `threads`):
     what batching buys per FLOP. The recurrence is excluded."""
     from app.runtime import numpy_backend
-    from app.runtime.cores import CORES, default_threads
+    from app.runtime.cores import CORES, CorePool
 
     lstm = numpy_backend.LSTM
     with np.load(model.path / "weights.npz") as npz:
         w = {name: np.ascontiguousarray(npz[name], np.float32) for name in npz.files}
     n = w[f"{lstm}/bias"].shape[0] // 4
     input_kernel = np.ascontiguousarray(w[f"{lstm}/kernel"][:-n])
-    threads = int(os.environ.get("DS_NUMPY_THREADS") or default_threads())
-
-    def layer(x: np.ndarray, weights: np.ndarray, bias: np.ndarray, relu: bool = True) -> np.ndarray:
-        return numpy_backend._dense(x, weights, bias, relu, pool=lent[0])
-
+    threads = getattr(model.engine.model, "threads", 1)
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((rows, 19 * 26), dtype=np.float32)
     h = rng.standard_normal((rows, n), dtype=np.float32)
 
-    def run() -> None:
+    def run(pool: CorePool | None) -> None:
+        def layer(x: np.ndarray, name: str, relu: bool = True) -> np.ndarray:
+            if name == "lstm":  # the LSTM's input projection: the kernel's input rows, no activation
+                return numpy_backend._dense(x, input_kernel, w[f"{lstm}/bias"], relu, pool=pool)
+            return numpy_backend._dense(x, w[f"{name}/weights"], w[f"{name}/bias"], relu, pool=pool)
+
         x = x0
         for i in (1, 2, 3):
-            x = layer(x, w[f"layer_{i}/weights"], w[f"layer_{i}/bias"])
-        layer(x, input_kernel, w[f"{lstm}/bias"], relu=False)
-        y = layer(h, w["layer_5/weights"], w["layer_5/bias"])
-        layer(y, w["layer_6/weights"], w["layer_6/bias"], relu=False)
+            x = layer(x, f"layer_{i}")
+        layer(x, "lstm", relu=False)
+        layer(layer(h, "layer_5"), "layer_6", relu=False)
 
     best = math.inf
     with CORES.claim(threads) as pool:
-        lent = [pool]
-        run()
+        run(pool)
         for _ in range(repeats):
             t = time.perf_counter()
-            run()
+            run(pool)
             best = min(best, time.perf_counter() - t)
     return {
         "rows": rows,
