@@ -18,10 +18,10 @@ import time
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.admission import Admission
-from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
+from app.service.admission import Admission
+from app.web.errors import send_json
 
 log = logging.getLogger(__name__)
 

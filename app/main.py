@@ -13,20 +13,20 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartParser
 
-from app.admission import Admission
-from app.alphabet import AlphabetError
-from app.auth import ApiKeyAuth
-from app.decoding import ScorerError
 from app.drain import Drain, DrainMiddleware
-from app.engine import Engine
-from app.errors import install_error_handlers
-from app.limits import UploadLimit
 from app.metrics import Instrumentation, Metrics, configure_logging, redact_api_keys
-from app.model_dir import ModelDirectoryError
-from app.resume import ResumableStreams
 from app.routes import health, info, openai, page, stream, transcribe, vosk
-from app.runtime import CoreMLUnavailable
+from app.service.admission import Admission
+from app.service.resume import ResumableStreams
 from app.settings import Settings
+from app.speech.alphabet import AlphabetError
+from app.speech.decoding import ScorerError
+from app.speech.engine import Engine
+from app.speech.model_dir import ModelDirectoryError
+from app.speech.runtime import CoreMLUnavailable
+from app.web.auth import ApiKeyAuth
+from app.web.errors import install_error_handlers
+from app.web.limits import UploadLimit
 
 log = logging.getLogger("app")
 

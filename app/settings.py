@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from app.runtime.cores import default_threads
+from app.speech.runtime.cores import default_threads
 
 
 class Settings(BaseSettings):

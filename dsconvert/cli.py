@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     # coremltools warns on every import on Linux that its prediction library is absent: expected here.
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     # Imported here so that --help and argument errors are instant (TensorFlow takes seconds to import).
-    from app.alphabet import Alphabet, AlphabetError
+    from app.speech.alphabet import Alphabet, AlphabetError
     from dsconvert import coreml_export, graph, weights
     from dsconvert.model_writer import OutputDirectoryError, write_model_directory
 
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     }
 
     def write_artifacts(staging: Path) -> None:
-        from app import model_dir as md
+        from app.speech import model_dir as md
 
         for n_steps, package, graph_file in (
             (coreml_export.STATIC_STEPS, md.STATIC_PACKAGE, md.STATIC_GRAPH),

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from app.alphabet import Alphabet
+from app.speech.alphabet import Alphabet
 from dsconvert.weights import (
     DENSE_LAYERS,
     LSTM_BIAS,

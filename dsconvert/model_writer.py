@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from app import model_dir as md
-from app.alphabet import Alphabet
+from app.speech import model_dir as md
+from app.speech.alphabet import Alphabet
 from dsconvert.weights import DeepSpeechWeights
 
 

@@ -452,7 +452,7 @@ class LoadedModel:
 
 
 def load_model(name: str) -> LoadedModel:
-    from app.engine import Engine
+    from app.speech.engine import Engine
 
     path = ensure_model(name)
     engine = Engine.load(engine_settings(path))
@@ -482,7 +482,7 @@ def percentile(values: Sequence[float], q: float) -> float | None:
 
 def chunks_completed(n_samples: int) -> int:
     """16-step chunks a stream has run after n samples: windows = MFCC frames - 9 (the native client's buffers)."""
-    from app.features import N_CONTEXT, frame_count
+    from app.speech.features import N_CONTEXT, frame_count
 
     return max(0, frame_count(n_samples) - N_CONTEXT) // STATIC_STEPS
 
@@ -682,9 +682,9 @@ def limit_seconds_per_step(n: int, sgemm: float, bandwidth: float, batch: int = 
 def whole_file_stages(model: LoadedModel, clip: Clip, with_engine: bool = False) -> dict[str, Any]:
     """/transcribe's pipeline stage by stage, with the service's own functions (and, with `with_engine`, the
     same audio through Engine.transcribe in one call, as a check that the stages add up to it)."""
-    from app.audio import decode_audio
-    from app.features import context_window_blocks, mfcc
-    from app.runtime import LstmState
+    from app.speech.audio import decode_audio
+    from app.speech.features import context_window_blocks, mfcc
+    from app.speech.runtime import LstmState
 
     engine = model.engine
     data = clip.path.read_bytes()
@@ -827,8 +827,8 @@ def seed_loop(model: LoadedModel, samples: np.ndarray) -> dict[str, Any]:
     """The coremltools guide's loop on our model and decoder: features for the whole file first, then per chunk
     of 16 windows the static model (input_lengths 16, state carried), append the probabilities, and re-decode
     ALL of them from scratch with the beam decoder. As in the guide, `while start + 16 < T` drops the tail."""
-    from app.features import context_windows, mfcc
-    from app.runtime import LstmState
+    from app.speech.features import context_windows, mfcc
+    from app.speech.runtime import LstmState
 
     engine = model.engine
     started = time.perf_counter()
@@ -1383,8 +1383,8 @@ def measure_dense(model: LoadedModel, rows: int, repeats: int = 3) -> dict[str, 
     """The dense layers (1, 2, 3, the LSTM's input kernel, 5, 6) on `rows` steps at once, with the model's
     weights and the NumPy backend's own dense op on the cores a lone pass of this model gets (its `threads`):
     what batching buys per FLOP. The recurrence is excluded."""
-    from app.runtime import numpy_backend
-    from app.runtime.cores import CORES, CorePool
+    from app.speech.runtime import numpy_backend
+    from app.speech.runtime.cores import CORES, CorePool
 
     lstm = numpy_backend.LSTM
     with np.load(model.path / "weights.npz") as npz:
@@ -1429,7 +1429,7 @@ def section_limit(bench: Bench) -> None:
     machine = machine_limit(profile, bench.early_probe)
     sgemm, bandwidth = machine["sgemm"], machine["bandwidth"]
     # For context: sgemm with the service's one BLAS thread. The dense layers' efficiency is measured against
-    # sgemm on every core, since a lone pass splits them over the cores itself (app/runtime/cores.py).
+    # sgemm on every core, since a lone pass splits them over the cores itself (app/speech/runtime/cores.py).
     own = measure_sgemm(profile.sgemm_shape)
     own["blas_threads"] = blas_threads()
     results: dict[str, Any] = {**machine, "sgemm_service_threads": own, "models": {}}

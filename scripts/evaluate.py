@@ -6,8 +6,8 @@
 
 DATA is a DeepSpeech-style CSV (`wav_filename,wav_filesize,transcript`; relative paths are relative to the
 CSV; an optional `voice_group` column adds per-group rows) or a folder of `name.wav` + `name.txt` pairs.
-Audio is decoded by `app.audio.decode_audio` (any rate, resampled as the service does) and run through
-`app.engine.Engine` with the NumPy backend: `transcribe` for whole files, `open_stream` / `feed` / `finish`
+Audio is decoded by `app.speech.audio.decode_audio` (any rate, resampled as the service does) and run through
+`app.speech.engine.Engine` with the NumPy backend: `transcribe` for whole files, `open_stream` / `feed` / `finish`
 (chunks of --chunk-ms) for streams. Errors are counted with jiwer over the whole set (total edits / total
 reference words or characters).
 """
@@ -75,8 +75,8 @@ def error_rates(references: Sequence[str], hypotheses: Sequence[str]) -> dict[st
 
 
 def _engine(model_dir: Path, decoder: str, beam_width: int, scorer: bool = True):
-    from app.engine import Engine
     from app.settings import Settings
+    from app.speech.engine import Engine
 
     return Engine.load(
         Settings(
@@ -105,7 +105,7 @@ def evaluate_dataset(
     """Run every (decoder, path) over the items; returns {"rows": [...], "samples": [...], ...}."""
     import numpy as np
 
-    from app.audio import decode_audio
+    from app.speech.audio import decode_audio
 
     audio = [decode_audio(item.wav.read_bytes())[0] for item in items]
     seconds = sum(len(a) for a in audio) / 16000.0
@@ -265,8 +265,8 @@ def tune_lm_weights(
     beam_width: int = 64,
 ) -> tuple[float, float, list[dict]]:
     """Grid-search the scorer's alpha/beta on dev probabilities (beam+LM WER); returns (alpha, beta, grid)."""
-    from app.alphabet import ENGLISH
-    from app.decoding.beam import BeamDecoder, BeamOptions, Scorer
+    from app.speech.alphabet import ENGLISH
+    from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
 
     grid = []
     for alpha in alphas:

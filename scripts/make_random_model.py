@@ -20,7 +20,7 @@ def main() -> int:
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
 
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
     from dsconvert.checkpoint_writer import write_checkpoint
     from dsconvert.cli import main as convert
     from dsconvert.weights import random_weights

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint_dir = run_dir / "checkpoint"
     write_upstream_checkpoint(model, checkpoint_dir, step=best_state["step"])
     alphabet_file = work / "alphabet.txt"
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
 
     alphabet_file.write_text(ENGLISH.to_text(), encoding="utf-8")
     summary["export"] = {"max_prob_diff": max(diffs)}
@@ -335,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def model_probs_for(model, examples) -> list:
     """Softmax probabilities of each example through the exported weights (the NumPy backend)."""
-    from app.features import context_windows
-    from app.runtime.base import LstmState
-    from app.runtime.numpy_backend import NumpyAcousticModel
+    from app.speech.features import context_windows
+    from app.speech.runtime.base import LstmState
+    from app.speech.runtime.numpy_backend import NumpyAcousticModel
     from training.export import export_weights
 
     weights = export_weights(model)

@@ -17,7 +17,7 @@ SMALL_WIDTH = 48
 
 @pytest.fixture(scope="session")
 def alphabet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
 
     path = tmp_path_factory.mktemp("alphabet") / "alphabet.txt"
     path.write_text(ENGLISH.to_text(), encoding="utf-8")
@@ -105,7 +105,7 @@ def speech_pcm(speech_wav: Path) -> bytes:
 def small_engine(small_model_dir: Path):  # type: ignore[no-untyped-def]
     """The loaded service (NumPy backend, beam 16) on the small random-weight model, shared by tests that build
     apps around it."""
-    from app.engine import Engine
     from app.settings import Settings
+    from app.speech.engine import Engine
 
     return Engine.load(Settings(model_dir=small_model_dir, backend="numpy", beam_width=16))

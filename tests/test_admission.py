@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
+from app.speech.engine import Engine
 
 
 class BlockingEngine(Engine):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio, decode_audio
+from app.speech.audio import AudioTooLong, EmptyAudio, UnsupportedAudio, decode_audio
 
 TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)  # 2 s at 16 kHz
 
@@ -129,13 +129,13 @@ def test_truncated_file_keeps_what_decoded() -> None:
 
 def test_duration_cap_stops_a_decompression_bomb_while_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
     """A small FLAC of 30 minutes of silence: the cap refuses it after decoding just past the cap."""
-    import app.audio
+    import app.speech.audio
 
     silence = with_soundfile(np.zeros(16000 * 1800, np.int16), 16000, "FLAC", "PCM_16")
     assert len(silence) < 1_000_000  # compresses hundreds of times
     decoded: list[int] = []
-    real = app.audio._mono_float
-    monkeypatch.setattr(app.audio, "_mono_float", lambda frame: decoded.append(frame.samples) or real(frame))
+    real = app.speech.audio._mono_float
+    monkeypatch.setattr(app.speech.audio, "_mono_float", lambda frame: decoded.append(frame.samples) or real(frame))
     with pytest.raises(AudioTooLong, match="longer than 5 s; raise DS_MAX_AUDIO_SECONDS"):
         decode_audio(silence, max_seconds=5)
     assert 5 * 16000 < sum(decoded) < 6 * 16000, "must stop just past the cap, not decode 30 minutes first"

@@ -31,11 +31,11 @@ import soundfile
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-import app.stream_audio
-from app.audio import SAMPLE_RATE, AudioTooLong, decode_audio
-from app.engine import Engine
+import app.speech.stream_audio
 from app.main import create_app
 from app.settings import Settings
+from app.speech.audio import SAMPLE_RATE, AudioTooLong, decode_audio
+from app.speech.engine import Engine
 
 from .test_server_e2e import running_server
 
@@ -622,9 +622,9 @@ def test_encoded_stream_bomb_stops_at_the_length_cap(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """6 KB of FLAC-in-Ogg that decodes to an hour, sent in one frame: the decoder stops at the stream's length
-    (app.stream_audio.MAX_SECONDS, DS_STREAM_MAX_SECONDS once the route passes it) instead of handing the
+    (app.speech.stream_audio.MAX_SECONDS, DS_STREAM_MAX_SECONDS once the route passes it) instead of handing the
     session an hour of audio; the client gets an error and the final of what was decoded."""
-    monkeypatch.setattr(app.stream_audio, "MAX_SECONDS", 20.0)
+    monkeypatch.setattr(app.speech.stream_audio, "MAX_SECONDS", 20.0)
     bomb = ogg_flac_bomb(8000, 3600)
     assert len(bomb) < 7_000
     replies, close = converse(client, "/stream", ['{"type": "config", "format": "ogg"}', bomb], STREAM_EOF)

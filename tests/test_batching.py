@@ -12,8 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.runtime import STATIC_STEPS, AcousticModel, BatchingModel, InferenceError, LstmState, pad_chunk
-from app.runtime.numpy_backend import NumpyAcousticModel
+from app.speech.runtime import (
+    STATIC_STEPS,
+    AcousticModel,
+    BatchingModel,
+    InferenceError,
+    LstmState,
+    pad_chunk,
+)
+from app.speech.runtime.numpy_backend import NumpyAcousticModel
 from dsconvert.weights import random_weights
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,8 +84,8 @@ def test_run_chunks_equals_run_chunk_per_stream(width: int, lengths: list[int]) 
 def test_run_chunks_matches_the_tensorflow_static_graph(small_model_dir: Path) -> None:
     """Each stream of a batch against upstream's frozen static graph (the ground truth, at batch 1)."""
     pytest.importorskip("tensorflow")
-    from app import model_dir as md
-    from app.runtime import load_acoustic_model
+    from app.speech import model_dir as md
+    from app.speech.runtime import load_acoustic_model
 
     from .conftest import SMALL_WIDTH
     from .test_runtime import _frozen, run_graph
@@ -389,7 +396,7 @@ def test_max_batch_caps_a_batch() -> None:
 
 
 def _default_model_or_skip():
-    from app import model_dir as md
+    from app.speech import model_dir as md
 
     if not (DEFAULT_MODEL / "manifest.json").exists():
         pytest.skip("models/default is not built (make default-model)")
@@ -397,8 +404,8 @@ def _default_model_or_skip():
 
 
 def test_sessions_attach_and_detach() -> None:
-    from app.decoding.greedy import GreedyStream
-    from app.session import StreamSession
+    from app.speech.decoding.greedy import GreedyStream
+    from app.speech.session import StreamSession
 
     class Decoder:  # a DecoderStream
         def __init__(self) -> None:
@@ -433,11 +440,11 @@ def test_sessions_attach_and_detach() -> None:
 def test_concurrent_sessions_transcribe_as_sequential_ones(tmp_path: Path) -> None:
     """models/default with its scorer: several sessions streaming at once through the batcher give the same
     final transcripts as the same sessions one after another without it."""
-    from app.audio import decode_audio
-    from app.decoding import build_decoder
-    from app.engine import Engine
-    from app.runtime import load_acoustic_model
     from app.settings import Settings
+    from app.speech.audio import decode_audio
+    from app.speech.decoding import build_decoder
+    from app.speech.engine import Engine
+    from app.speech.runtime import load_acoustic_model
 
     from .conftest import speak
 
@@ -482,8 +489,8 @@ def test_concurrent_sessions_transcribe_as_sequential_ones(tmp_path: Path) -> No
 
 
 def test_engine_load_wraps_the_stream_model_only() -> None:
-    from app.engine import Engine
     from app.settings import Settings
+    from app.speech.engine import Engine
 
     _default_model_or_skip()
     engine = Engine.load(Settings(model_dir=DEFAULT_MODEL, backend="numpy", decoder="greedy"))
@@ -512,9 +519,9 @@ def test_engine_load_wraps_the_stream_model_only() -> None:
 def test_only_backends_that_batch_get_the_batcher() -> None:
     """Core ML's run_chunks is the one-by-one default (batched_chunks False): not wrapped. The batching
     settings' defaults: on, 2 ms."""
-    from app.engine import stream_model_for
-    from app.runtime.coreml_backend import CoreMLAcousticModel
     from app.settings import Settings
+    from app.speech.engine import stream_model_for
+    from app.speech.runtime.coreml_backend import CoreMLAcousticModel
 
     assert CoreMLAcousticModel.batched_chunks is False and NumpyAcousticModel.batched_chunks is True
     unbatched = RecordingModel(_model(64))

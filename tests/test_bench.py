@@ -117,7 +117,7 @@ def test_quick_leaves_native_and_concurrency_null_with_a_reason(bench: ModuleTyp
 
 
 def test_seed_fit_and_chunk_bookkeeping(bench: ModuleType) -> None:
-    from app.features import StreamingFeatures
+    from app.speech.features import StreamingFeatures
 
     a, b = bench.fit_quadratic([10, 20, 40, 80], [0.002 * t * t + 0.05 * t for t in (10, 20, 40, 80)])
     assert a == pytest.approx(0.002) and b == pytest.approx(0.05)

@@ -18,7 +18,7 @@ from .test_service import VOCABULARY_TEXT
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, small_model_dir: Path) -> Iterator[TestClient]:
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
     from dsconvert.lm.build_scorer import build_scorer
 
     directory = tmp_path_factory.mktemp("scorer")

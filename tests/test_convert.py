@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import model_dir as md
-from app.alphabet import ENGLISH, Alphabet
+from app.speech import model_dir as md
+from app.speech.alphabet import ENGLISH, Alphabet
 
 tf = pytest.importorskip("tensorflow")
 ct = pytest.importorskip("coremltools")

@@ -35,10 +35,10 @@ import pytest
 tf = pytest.importorskip("tensorflow")
 ct = pytest.importorskip("coremltools")
 
-from app.alphabet import ENGLISH  # noqa: E402
-from app.runtime.base import STATIC_STEPS, LstmState, pad_chunk  # noqa: E402
-from app.runtime.coreml_backend import CoreMLAcousticModel  # noqa: E402
-from app.runtime.numpy_backend import NumpyAcousticModel  # noqa: E402
+from app.speech.alphabet import ENGLISH  # noqa: E402
+from app.speech.runtime.base import STATIC_STEPS, LstmState, pad_chunk  # noqa: E402
+from app.speech.runtime.coreml_backend import CoreMLAcousticModel  # noqa: E402
+from app.speech.runtime.numpy_backend import NumpyAcousticModel  # noqa: E402
 from dsconvert import mil_eval  # noqa: E402
 from dsconvert.coreml_export import convert_to_mlpackage  # noqa: E402
 from dsconvert.graph import FrozenGraph, build_frozen_graph, run_graph  # noqa: E402

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import model_dir as md
-from app.runtime import STATIC_STEPS, LstmState, pad_chunk
-from app.runtime.coreml_backend import CoreMLAcousticModel
-from app.runtime.numpy_backend import NumpyAcousticModel
+from app.speech import model_dir as md
+from app.speech.runtime import STATIC_STEPS, LstmState, pad_chunk
+from app.speech.runtime.coreml_backend import CoreMLAcousticModel
+from app.speech.runtime.numpy_backend import NumpyAcousticModel
 from dsconvert.weights import random_weights
 
 WIDTH = 24

@@ -1,4 +1,4 @@
-"""One NumPy forward pass spread over several cores (app/runtime/cores.py, the sharded numpy_backend): the same
+"""One NumPy forward pass spread over several cores (app/speech/runtime/cores.py, the sharded numpy_backend): the same
 probabilities and state as one thread, bit for bit for two shards; the pool is only lent to a pass that runs
 alone; a failing share fails its caller and leaves the pool usable."""
 
@@ -13,10 +13,10 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from app.runtime import LstmState, pad_chunk
-from app.runtime.cores import CORES, CorePool, Cores, default_threads
-from app.runtime.numpy_backend import PARALLEL_MIN_BYTES, NumpyAcousticModel
 from app.settings import Settings
+from app.speech.runtime import LstmState, pad_chunk
+from app.speech.runtime.cores import CORES, CorePool, Cores, default_threads
+from app.speech.runtime.numpy_backend import PARALLEL_MIN_BYTES, NumpyAcousticModel
 from dsconvert.weights import random_weights
 
 WIDTH = 512  # the smallest width whose recurrent kernel (512 x 2048 floats = 4 MiB) is split across cores

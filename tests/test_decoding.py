@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.alphabet import ENGLISH
-from app.decoding.beam import BeamDecoder, BeamOptions, Scorer
-from app.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
-from app.decoding.timings import CharToken, Transcript, Word, words_from_tokens
+from app.speech.alphabet import ENGLISH
+from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
+from app.speech.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
+from app.speech.decoding.timings import CharToken, Transcript, Word, words_from_tokens
 from tests.test_scorer import CorpusLM, build_corpus_lm
 
 A = ENGLISH

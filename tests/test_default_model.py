@@ -51,7 +51,7 @@ def cer(references: list[str], hypotheses: list[str]) -> float:
 
 @pytest.fixture(scope="module")
 def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    from app.audio import decode_audio
+    from app.speech.audio import decode_audio
 
     directory = tmp_path_factory.mktemp("default_model")
     demo = espeak_wav(DEMO, directory / "hello.wav")
@@ -61,8 +61,8 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 def _engine(decoder: str):
-    from app.engine import Engine
     from app.settings import Settings
+    from app.speech.engine import Engine
 
     return Engine.load(Settings(model_dir=MODEL_DIR, backend="numpy", decoder=decoder))
 

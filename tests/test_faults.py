@@ -19,12 +19,12 @@ import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from app.alphabet import Alphabet
-from app.engine import Engine
 from app.main import create_app
-from app.runtime import AcousticModel, InferenceError, LstmState
-from app.session import StreamSession
 from app.settings import Settings
+from app.speech.alphabet import Alphabet
+from app.speech.engine import Engine
+from app.speech.runtime import AcousticModel, InferenceError, LstmState
+from app.speech.session import StreamSession
 from dsconvert.lm.build_scorer import build_scorer
 from tests.test_metrics import scrape, value
 from tests.test_server_e2e import ROOT

@@ -1,4 +1,4 @@
-"""app.features against TensorFlow's AudioSpectrogram + Mfcc ops and the native client's streaming buffers."""
+"""app.speech.features against TensorFlow's AudioSpectrogram + Mfcc ops and the native client's streaming buffers."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import soundfile
 import soxr
 
-from app.features import (
+from app.speech.features import (
     HOP_SAMPLES,
     N_CONTEXT,
     N_MFCC,

@@ -1,7 +1,7 @@
 """Property-based and fuzz tests of everything that reads untrusted bytes (issue 8), all bounded to run in seconds.
 
 - hypothesis: random bytes and random mutations of valid WAV/FLAC/Ogg Vorbis/Opus/WebM/MP3 files into
-  `app.audio.decode_audio`, and random chunks into the websocket inputs (`StreamAudio` push/finish): only the
+  `app.speech.audio.decode_audio`, and random chunks into the websocket inputs (`StreamAudio` push/finish): only the
   documented `AudioError`s ever escape, and what comes out is finite 16 kHz float32. Arbitrary JSON control
   messages and binary frames to /stream and /vosk never end a stream with 1011 or a traceback, and eof still gets
   the final.
@@ -36,11 +36,11 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from app.audio import SAMPLE_RATE, AudioError, decode_audio
-from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
-from app.stream_audio import StreamAudio
+from app.speech.audio import SAMPLE_RATE, AudioError, decode_audio
+from app.speech.engine import Engine
+from app.speech.stream_audio import StreamAudio
 
 from .test_audio import with_pyav
 from .test_bad_input import FLAC, OPUS, VORBIS, WAV, assert_no_leak, converse, encode, tone
@@ -274,7 +274,7 @@ import sys
 import atheris
 
 with atheris.instrument_imports():
-    from app.audio import AudioError, decode_audio
+    from app.speech.audio import AudioError, decode_audio
 
 
 def one_input(data: bytes) -> None:

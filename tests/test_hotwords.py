@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.alphabet import ENGLISH
-from app.decoding import (
+from app.speech.alphabet import ENGLISH
+from app.speech.decoding import (
     DEFAULT_BOOST,
     MAX_ALTERNATIVES,
     MAX_HOT_WORDS,
@@ -31,10 +31,10 @@ from app.decoding import (
     parse_hot_words,
     phrase_list_hot_words,
 )
-from app.decoding.beam import LN10, BeamDecoder, BeamOptions, HotWordLM, Scorer
-from app.decoding.hotwords import validate_hot_words
-from app.engine import Engine
-from app.runtime import STATIC_STEPS, AcousticModel, LstmState
+from app.speech.decoding.beam import LN10, BeamDecoder, BeamOptions, HotWordLM, Scorer
+from app.speech.decoding.hotwords import validate_hot_words
+from app.speech.engine import Engine
+from app.speech.runtime import STATIC_STEPS, AcousticModel, LstmState
 from dsconvert.lm.build_scorer import main as build_scorer_main
 from tests.test_decoding import BLANK, clear, frames
 from tests.test_scorer import ALPHABET_TXT

@@ -17,12 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.audio import decode_audio
-from app.engine import Engine
 from app.main import create_app
 from app.metrics import JsonFormatter, Metrics
 from app.routes import health
 from app.settings import Settings
+from app.speech.audio import decode_audio
+from app.speech.engine import Engine
 from tests.conftest import pcm16
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from app import model_dir as md
+from app.speech import model_dir as md
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def model64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The model directory scripts/convert.py writes for a random-weight width-64 checkpoint."""
     pytest.importorskip("tensorflow")
     pytest.importorskip("coremltools")
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
     from dsconvert.checkpoint_writer import write_checkpoint
     from dsconvert.cli import main
     from dsconvert.weights import random_weights
@@ -236,9 +236,9 @@ def test_native_client_and_our_stream_agree_on_the_trained_model(
     and our service (flashlight-text) give the same transcripts, with and without the language model."""
     import soundfile
 
-    from app.audio import decode_audio
-    from app.engine import Engine
     from app.settings import Settings
+    from app.speech.audio import decode_audio
+    from app.speech.engine import Engine
 
     engine = Engine.load(Settings(model_dir=DEFAULT_MODEL, backend="numpy", use_scorer=with_scorer))
     scorer = (DEFAULT_MODEL / "kenlm.scorer").resolve() if with_scorer else None

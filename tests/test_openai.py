@@ -18,14 +18,14 @@ import soundfile
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from app import subtitles
-from app.alphabet import ENGLISH
-from app.audio import decode_audio
-from app.decoding import GreedyDecoder, Word
-from app.engine import Engine
 from app.main import create_app
 from app.routes import openai as openai_routes
+from app.service import subtitles
 from app.settings import Settings
+from app.speech.alphabet import ENGLISH
+from app.speech.audio import decode_audio
+from app.speech.decoding import GreedyDecoder, Word
+from app.speech.engine import Engine
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def expected(engine: Engine, path: Path) -> tuple[str, tuple[Word, ...], float]:
     return transcript.text, transcript.words, duration
 
 
-# --- subtitle parsers (independent of app/subtitles.py) -------------------------------------------------------
+# --- subtitle parsers (independent of app/service/subtitles.py) -------------------------------------------------------
 
 SRT_TIME = r"(\d{2,}):(\d{2}):(\d{2}),(\d{3})"
 VTT_TIME = r"(\d{2,}):(\d{2}):(\d{2})\.(\d{3})"
@@ -465,7 +465,7 @@ def test_transcribe_formats(
     assert http.post("/transcribe?format=docx", files={"file": upload(two_utterances)}).status_code == 422
 
 
-# --- app/subtitles.py ----------------------------------------------------------------------------------------
+# --- app/service/subtitles.py ----------------------------------------------------------------------------------------
 
 
 def words_at(*spans: tuple[str, float, float]) -> list[Word]:

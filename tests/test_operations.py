@@ -21,9 +21,9 @@ from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
+from app.speech.engine import Engine
 from tests.test_admission import BlockingEngine, wait_for
 from tests.test_metrics import scrape, value
 from tests.test_server_e2e import ROOT, free_port, running_server, start_server

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 from websockets.sync.client import ClientConnection, connect
 
-from app.resume import ResumableStreams, ResumeRefused
+from app.service.resume import ResumableStreams, ResumeRefused
 from tests.conftest import speak
 from tests.test_server_e2e import running_server
 

@@ -16,8 +16,8 @@ import pytest
 from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary
 
-from app.alphabet import ENGLISH
-from app.decoding.scorer_file import (
+from app.speech.alphabet import ENGLISH
+from app.speech.decoding.scorer_file import (
     FST_ALIGNMENT,
     TRIE_MAGIC,
     ScorerError,

@@ -14,9 +14,9 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
-from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
+from app.speech.engine import Engine
 from tests.conftest import speak
 from tests.test_server_e2e import running_server
 

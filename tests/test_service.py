@@ -15,13 +15,13 @@ import pytest
 import soundfile
 from fastapi.testclient import TestClient
 
-from app.audio import decode_audio
-from app.decoding.greedy import greedy_decode
-from app.engine import Engine
-from app.features import features_for_file, frame_count
 from app.main import create_app
-from app.runtime import LstmState
 from app.settings import Settings
+from app.speech.audio import decode_audio
+from app.speech.decoding.greedy import greedy_decode
+from app.speech.engine import Engine
+from app.speech.features import features_for_file, frame_count
+from app.speech.runtime import LstmState
 from tests.conftest import pcm16
 
 
@@ -324,7 +324,7 @@ set a timer for ten minutes
 
 @pytest.fixture(scope="module")
 def scorer_client(tmp_path_factory: pytest.TempPathFactory, small_model_dir: Path) -> Iterator[TestClient]:
-    from app.alphabet import ENGLISH
+    from app.speech.alphabet import ENGLISH
     from dsconvert.lm.build_scorer import build_scorer
 
     directory = tmp_path_factory.mktemp("scorer")

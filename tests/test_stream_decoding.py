@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app.alphabet import ENGLISH
-from app.decoding.beam import BeamDecoder, BeamOptions, BeamStream, Scorer
-from app.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
-from app.decoding.timings import CharToken, Transcript, transcript_from_tokens
+from app.speech.alphabet import ENGLISH
+from app.speech.decoding.beam import BeamDecoder, BeamOptions, BeamStream, Scorer
+from app.speech.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
+from app.speech.decoding.timings import CharToken, Transcript, transcript_from_tokens
 
 A = ENGLISH
 DEFAULT_SCORER = Path(__file__).resolve().parent.parent / "models" / "default" / "kenlm.scorer"
@@ -131,7 +131,7 @@ def test_greedy_stream_starts_empty() -> None:
 def test_growing_transcript_equals_the_full_collapse_at_any_split() -> None:
     """Random paths over few labels (repeats and spaces at the split points), committed in random pieces, each
     read with a random uncommitted tail: always the transcript of the whole path collapsed at once."""
-    from app.decoding.greedy import GrowingTranscript
+    from app.speech.decoding.greedy import GrowingTranscript
 
     rng = np.random.default_rng(6)
     choices = np.array([A.labels.index("a"), A.labels.index("b"), A.space_index, A.blank_index])

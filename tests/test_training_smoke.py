@@ -52,7 +52,7 @@ def test_heldout_sentences_are_not_training_text():
 
 
 def test_windows_match_the_service_features():
-    from app.features import context_windows
+    from app.speech.features import context_windows
     from training.model import DeepSpeechModel
 
     frames = np.random.default_rng(0).normal(size=(23, 26)).astype(np.float32)
@@ -64,9 +64,9 @@ def test_train_default_pieces_and_export_round_trip(tmp_path):
     sys.path.insert(0, str(ROOT / "scripts"))
     import train_default
 
-    from app.features import context_windows
-    from app.runtime.base import LstmState
-    from app.runtime.numpy_backend import NumpyAcousticModel
+    from app.speech.features import context_windows
+    from app.speech.runtime.base import LstmState
+    from app.speech.runtime.numpy_backend import NumpyAcousticModel
     from dsconvert.weights import read_checkpoint
     from training import synth
     from training.export import torch_probabilities

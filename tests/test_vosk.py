@@ -12,9 +12,9 @@ import soundfile
 import soxr
 from fastapi.testclient import TestClient
 
-from app.engine import Engine
 from app.main import create_app
 from app.settings import Settings
+from app.speech.engine import Engine
 
 from .conftest import pcm16
 from .test_audio import with_pyav

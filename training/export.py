@@ -76,9 +76,9 @@ def torch_probabilities(model: DeepSpeechModel, frames: np.ndarray) -> np.ndarra
 
 def max_probability_difference(model: DeepSpeechModel, frames: np.ndarray) -> float:
     """|torch probs - numpy backend probs on the exported weights|, max over the utterance (the export check)."""
-    from app.features import context_windows
-    from app.runtime.base import LstmState
-    from app.runtime.numpy_backend import NumpyAcousticModel
+    from app.speech.features import context_windows
+    from app.speech.runtime.base import LstmState
+    from app.speech.runtime.numpy_backend import NumpyAcousticModel
 
     weights = export_weights(model)
     numpy_model = NumpyAcousticModel(weights.arrays, max_steps=max(1, len(frames)))

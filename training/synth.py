@@ -1,8 +1,8 @@
 """Synthetic speech: espeak-ng voices, speeds and pitches → 16 kHz audio → augmentation → cached features.
 
 The audio goes through the service's own path: espeak-ng's 22050 Hz int16 WAV, read as int16 / 32768,
-resampled with `app.audio.to_model_rate` (soxr HQ), augmented in NumPy (gain, noise, reverb, silence), rounded
-back to the int16 grid, then `app.features.mfcc`: exactly the features the service computes.
+resampled with `app.speech.audio.to_model_rate` (soxr HQ), augmented in NumPy (gain, noise, reverb, silence), rounded
+back to the int16 grid, then `app.speech.features.mfcc`: exactly the features the service computes.
 
 Shards are generated independently (a shard's content depends only on its utterance specs), written atomically
 (temporary file + rename), so generation is parallel-safe and resumable: existing shards are skipped.
@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from app.audio import to_model_rate
-from app.features import mfcc
+from app.speech.audio import to_model_rate
+from app.speech.features import mfcc
 
 # espeak-ng English accents (gmw voices; the mbrola ones need the mbrola binary and are not used).
 ACCENTS = (

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from app.alphabet import ENGLISH
+from app.speech.alphabet import ENGLISH
 from training.model import DeepSpeechModel
 
 BLANK = ENGLISH.blank_index  # 28: blank is the last class

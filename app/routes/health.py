@@ -5,7 +5,7 @@
 stream): the first inference pays for lazy initialisation (Core ML compiles and places the model on its
 compute units, NumPy faults in the weights), and a request that arrives before that would pay it instead.
 `/metrics` (Prometheus text) is added here too; whether it needs the API key is DS_METRICS_PUBLIC's business
-(app/auth.py).
+(app/web/auth.py).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ Existing OpenAI clients (the `openai` SDKs, and the many tools built on them) wo
   transcribe French returns confident garbage, so an explicit mismatch fails loudly and the client can route
   the audio elsewhere; clients that send no language are unaffected.
 - `response_format`: `json` (default, `{"text"}`), `text`, `srt`, `vtt`, `verbose_json`. `verbose_json`
-  carries `duration`, `segments` (split at pauses found in the CTC word alignment; see app/subtitles.py) and,
+  carries `duration`, `segments` (split at pauses found in the CTC word alignment; see app/service/subtitles.py) and,
   with `timestamp_granularities[]=word`, `words`. Without granularities it has segments only, as OpenAI's.
   Whisper-only segment fields are filled honestly: `seek` 0 (one pass over the whole file, no 30 s windows),
   `tokens` [] (no text tokenizer), `temperature` 0.0 (deterministic search), `avg_logprob` = ln of the mean
@@ -50,15 +50,16 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from app import audio, subtitles
-from app.admission import ServiceBusy, Ticket
-from app.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
-from app.decoding.beam import BeamStream
-from app.engine import Engine
-from app.errors import UploadTooLarge
-from app.features import context_window_blocks, mfcc
 from app.metrics import observe_audio
-from app.runtime import InferenceError, LstmState
+from app.service import subtitles
+from app.service.admission import ServiceBusy, Ticket
+from app.speech import audio
+from app.speech.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
+from app.speech.decoding.beam import BeamStream
+from app.speech.engine import Engine
+from app.speech.features import context_window_blocks, mfcc
+from app.speech.runtime import InferenceError, LstmState
+from app.web.errors import UploadTooLarge
 
 router = APIRouter(prefix="/v1", tags=["openai"])
 log = logging.getLogger(__name__)
@@ -115,7 +116,7 @@ class OpenAIError(Exception):
 
 
 def _from_app_error(exc: Exception) -> OpenAIError:
-    """The app's typed errors (app/audio.py, app/errors.py, the runtime) in OpenAI's shape."""
+    """The app's typed errors (app/speech/audio.py, app/web/errors.py, the runtime) in OpenAI's shape."""
     message = str(exc)
     if isinstance(exc, audio.EmptyAudio):
         return OpenAIError(400, message, param="file", code="empty_audio")

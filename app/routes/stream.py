@@ -11,7 +11,7 @@ Server → client: `{"type": "partial", "text"}` whenever the text changes, `{"t
 "confidence", "duration"}`, and `{"type": "error", "code", "message"}` for a bad message (the stream goes on).
 A client that closes without eof gets no final: a closed websocket cannot carry one.
 
-Resuming after a network blip (app/resume.py): `"resumable": true` in the config makes the server answer
+Resuming after a network blip (app/service/resume.py): `"resumable": true` in the config makes the server answer
 `{"type": "resumable", "stream_id", "resume_token", "window"}` and acknowledge every binary frame with
 `{"type": "ack", "bytes": N}` (all binary bytes received so far). If the connection drops, the stream's state
 waits `window` seconds (DS_STREAM_RESUME_SECONDS); a new connection whose first message is
@@ -36,16 +36,16 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.concurrency import run_in_threadpool
 
-from app.audio import SAMPLE_RATE, UnsupportedAudio
-from app.auth import bearer_token, query_key
-from app.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.drain import GOING_AWAY, ServerDraining
-from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_failed, stream_opened
-from app.resume import ResumableStream, ResumableStreams, ResumeRefused
-from app.runtime import InferenceError
-from app.session import StreamSession
-from app.stream_audio import StreamAudio
+from app.service.resume import ResumableStream, ResumableStreams, ResumeRefused
+from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
+from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
+from app.speech.engine import Engine
+from app.speech.runtime import InferenceError
+from app.speech.session import StreamSession
+from app.speech.stream_audio import StreamAudio
+from app.web.auth import bearer_token, query_key
 
 router = APIRouter(tags=["streaming"])
 log = logging.getLogger(__name__)

@@ -10,11 +10,11 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app import subtitles
-from app.audio import decode_audio
-from app.decoding import MAX_ALTERNATIVES, parse_hot_words
-from app.engine import Engine
 from app.metrics import observe_audio
+from app.service import subtitles
+from app.speech.audio import decode_audio
+from app.speech.decoding import MAX_ALTERNATIVES, parse_hot_words
+from app.speech.engine import Engine
 
 router = APIRouter(tags=["transcription"])
 

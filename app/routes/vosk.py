@@ -17,10 +17,7 @@ from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from app.audio import UnsupportedAudio
-from app.decoding import Transcript
 from app.drain import GOING_AWAY, ServerDraining
-from app.engine import Engine
 from app.metrics import observe_stream, stream_closed, stream_opened
 from app.routes.stream import (
     FAILURE_TEXT,
@@ -35,7 +32,10 @@ from app.routes.stream import (
     stream_failure,
     stream_options,
 )
-from app.stream_audio import StreamAudio
+from app.speech.audio import UnsupportedAudio
+from app.speech.decoding import Transcript
+from app.speech.engine import Engine
+from app.speech.stream_audio import StreamAudio
 
 router = APIRouter(tags=["streaming"])
 

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from app.alphabet import Alphabet
-from app.decoding.scorer_file import read_scorer, write_scorer
+from app.speech.alphabet import Alphabet
+from app.speech.decoding.scorer_file import read_scorer, write_scorer
 from dsconvert.lm.arpa import arpa_from_text, tokenize
 from dsconvert.lm.kenlm_build import build_binary
 

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from app.model_dir import ModelDirectory
-from app.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState, pad_chunk
-from app.runtime.batching import BatchingModel
-from app.runtime.coreml_backend import COMPUTE_UNITS, CoreMLAcousticModel, CoreMLUnavailable, coreml_available
-from app.runtime.numpy_backend import NumpyAcousticModel
+from app.speech.model_dir import ModelDirectory
+from app.speech.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState, pad_chunk
+from app.speech.runtime.batching import BatchingModel
+from app.speech.runtime.coreml_backend import (
+    COMPUTE_UNITS,
+    CoreMLAcousticModel,
+    CoreMLUnavailable,
+    coreml_available,
+)
+from app.speech.runtime.numpy_backend import NumpyAcousticModel
 
 __all__ = [
     "COMPUTE_UNITS",
@@ -31,7 +36,7 @@ def load_acoustic_model(
 ) -> AcousticModel:
     """Load the model directory with the requested backend; `auto` is Core ML on macOS, else NumPy.
 
-    `numpy_threads`: cores a NumPy forward pass may spread over while it runs alone (app/runtime/cores.py).
+    `numpy_threads`: cores a NumPy forward pass may spread over while it runs alone (app/speech/runtime/cores.py).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")

@@ -25,7 +25,8 @@ from collections import deque
 import av
 import numpy as np
 
-from app.audio import (
+from app.settings import Settings
+from app.speech.audio import (
     SAMPLE_RATE,
     AudioError,
     Resampler,
@@ -33,8 +34,7 @@ from app.audio import (
     _reason,
     frame_samples,
 )
-from app.features import int16_to_float
-from app.settings import Settings
+from app.speech.features import int16_to_float
 
 log = logging.getLogger(__name__)
 

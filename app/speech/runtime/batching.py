@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from app.runtime.base import STATIC_STEPS, AcousticModel, LstmState
+from app.speech.runtime.base import STATIC_STEPS, AcousticModel, LstmState
 
 log = logging.getLogger(__name__)
 

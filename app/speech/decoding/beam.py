@@ -79,11 +79,11 @@ from flashlight.lib.text.decoder import (
 from flashlight.lib.text.decoder.kenlm import KenLM
 from flashlight.lib.text.dictionary import Dictionary
 
-from app.alphabet import ENGLISH, Alphabet
-from app.decoding.greedy import GrowingTranscript, check_probs
-from app.decoding.hotwords import NO_HOT_WORDS, HotWords, validate_alternatives, validate_hot_words
-from app.decoding.scorer_file import read_scorer
-from app.decoding.timings import Alternative, Transcript
+from app.speech.alphabet import ENGLISH, Alphabet
+from app.speech.decoding.greedy import GrowingTranscript, check_probs
+from app.speech.decoding.hotwords import NO_HOT_WORDS, HotWords, validate_alternatives, validate_hot_words
+from app.speech.decoding.scorer_file import read_scorer
+from app.speech.decoding.timings import Alternative, Transcript
 
 FLT_MIN = float(np.finfo(np.float32).tiny)  # upstream's NUM_FLT_MIN
 LN10 = math.log(10.0)

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState
+from app.speech.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState
 
 COMPUTE_UNITS = ("ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE")
 

@@ -2,7 +2,7 @@
 
 A hot word is one word the alphabet can spell; its boost is a finite number in natural-log units of language
 model probability, DeepSpeech's unit: the beam search adds `alpha * boost` to a hypothesis' log score each time
-it completes that word (see app/decoding/beam.py for how, and how that differs from upstream). Positive boosts
+it completes that word (see app/speech/decoding/beam.py for how, and how that differs from upstream). Positive boosts
 make the word more likely, negative ones less. Words missing from the scorer's vocabulary are allowed: they are
 spelled into the search's lexicon for that request only.
 
@@ -17,7 +17,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from app.alphabet import Alphabet
+from app.speech.alphabet import Alphabet
 
 MAX_HOT_WORDS = 500
 MAX_HOT_WORD_CHARS = 64

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.alphabet import ENGLISH, Alphabet
-from app.decoding.timings import FRAME_SECONDS, CharToken, Transcript, Word, transcript_from_tokens
+from app.speech.alphabet import ENGLISH, Alphabet
+from app.speech.decoding.timings import FRAME_SECONDS, CharToken, Transcript, Word, transcript_from_tokens
 
 
 def check_probs(probs: np.ndarray, n_classes: int) -> np.ndarray:

@@ -21,7 +21,7 @@ per-step work is a fixed set of in-place ufunc calls on preallocated buffers:
 Several cores (`threads`, DS_NUMPY_THREADS): a wide model's LSTM units are split into `threads` shards, and its
 gate columns laid out shard by shard (shard j: its units' input, forget, output, candidate gates), so one
 shard's step (its gate columns of h @ kernel, then its units' cell update) needs nothing from the others until
-the next step's h. While a forward pass runs alone (app/runtime/cores.py) each step runs one shard per core,
+the next step's h. While a forward pass runs alone (app/speech/runtime/cores.py) each step runs one shard per core,
 and the dense layers split their output columns the same way; otherwise it all runs in the caller's thread.
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from app.runtime.base import STATIC_STEPS, AcousticModel, LstmState
-from app.runtime.cores import CORES, CorePool
+from app.speech.runtime.base import STATIC_STEPS, AcousticModel, LstmState
+from app.speech.runtime.cores import CORES, CorePool
 
 LSTM = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
 RELU_CLIP = 20.0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
+from app.web.errors import send_json
 
 
 class _BodyTooLarge(Exception):

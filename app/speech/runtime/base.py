@@ -36,7 +36,7 @@ class AcousticModel(ABC):
     n_classes: int
     max_steps: int  # the dynamic model's time bound per call
     # True where run_chunks computes several chunks in one pass (cheaper than one by one); batching streams'
-    # chunks (app/runtime/batching.py) only pays off then.
+    # chunks (app/speech/runtime/batching.py) only pays off then.
     batched_chunks: bool = False
 
     @abstractmethod

@@ -2,7 +2,7 @@
 
 Segmentation (used for OpenAI's `verbose_json` segments and for subtitle cues, so a cue is a segment):
 - a new segment starts where the gap between one word's end and the next word's start is at least
-  `PAUSE_SECONDS`. Word times come from the CTC alignment (app/decoding/timings.py): a word ends with the frame
+  `PAUSE_SECONDS`. Word times come from the CTC alignment (app/speech/decoding/timings.py): a word ends with the frame
   that emitted its last character, which is early for a drawn-out last sound, so inter-word gaps of fluent
   speech already read 0.1-0.3 s; 0.6 s is a real pause;
 - and where adding the next word would make the segment longer than `MAX_SEGMENT_SECONDS` (7 s, the usual
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from app.decoding.timings import Word
+from app.speech.decoding.timings import Word
 
 PAUSE_SECONDS = 0.6
 MAX_SEGMENT_SECONDS = 7.0

@@ -9,10 +9,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Send
 
-from app.admission import ServiceBusy
-from app.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
-from app.decoding import DecodeOptionError
-from app.runtime import InferenceError
+from app.service.admission import ServiceBusy
+from app.speech.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
+from app.speech.decoding import DecodeOptionError
+from app.speech.runtime import InferenceError
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.decoding import Decoder, HotWords, Transcript, build_decoder
-from app.features import context_window_blocks, mfcc
-from app.model_dir import ModelDirectory, load_model_directory
-from app.runtime import AcousticModel, BatchingModel, LstmState, load_acoustic_model
-from app.session import StreamSession
 from app.settings import Settings
+from app.speech.decoding import Decoder, HotWords, Transcript, build_decoder
+from app.speech.features import context_window_blocks, mfcc
+from app.speech.model_dir import ModelDirectory, load_model_directory
+from app.speech.runtime import AcousticModel, BatchingModel, LstmState, load_acoustic_model
+from app.speech.session import StreamSession
 
 log = logging.getLogger(__name__)
 

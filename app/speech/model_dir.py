@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.alphabet import Alphabet, AlphabetError
+from app.speech.alphabet import Alphabet, AlphabetError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

@@ -29,9 +29,9 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.errors import send_json
 from app.routes.openai import PREFIX as OPENAI_PREFIX
 from app.routes.openai import error_body
+from app.web.errors import send_json
 
 MESSAGE = "missing or invalid API key; send 'Authorization: Bearer <key>'"
 OPENAI_MESSAGE = "Incorrect API key provided, or none was given. Send 'Authorization: Bearer <key>'."

@@ -41,7 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.alphabet import ENGLISH, Alphabet
+from app.speech.alphabet import ENGLISH, Alphabet
 
 TRIE_MAGIC = b"EIRT"  # int32 'TRIE' == 0x54524945, little-endian
 TRIE_VERSION = 6

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from app.alphabet import Alphabet
-from app.decoding.beam import BeamDecoder, BeamOptions, Scorer
-from app.decoding.greedy import GreedyStream, greedy_decode
-from app.decoding.hotwords import (
+from app.speech.alphabet import Alphabet
+from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
+from app.speech.decoding.greedy import GreedyStream, greedy_decode
+from app.speech.decoding.hotwords import (
     DEFAULT_BOOST,
     MAX_ALTERNATIVES,
     MAX_BOOST,
@@ -30,12 +30,12 @@ from app.decoding.hotwords import (
     validate_alternatives,
     validate_hot_words,
 )
-from app.decoding.scorer_file import ScorerError
-from app.decoding.timings import Alternative, Transcript, Word
+from app.speech.decoding.scorer_file import ScorerError
+from app.speech.decoding.timings import Alternative, Transcript, Word
 
 if TYPE_CHECKING:
-    from app.model_dir import ModelDirectory
     from app.settings import Settings
+    from app.speech.model_dir import ModelDirectory
 
 __all__ = [
     "DEFAULT_BOOST",

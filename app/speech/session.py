@@ -14,9 +14,9 @@ import weakref
 
 import numpy as np
 
-from app.decoding import DecoderStream, Transcript
-from app.features import N_MFCC, WINDOW_FRAMES, StreamingFeatures
-from app.runtime import STATIC_STEPS, AcousticModel, LstmState
+from app.speech.decoding import DecoderStream, Transcript
+from app.speech.features import N_MFCC, WINDOW_FRAMES, StreamingFeatures
+from app.speech.runtime import STATIC_STEPS, AcousticModel, LstmState
 
 
 class StreamFinished(RuntimeError):
