@@ -20,7 +20,7 @@ log = logging.getLogger("app")
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn, except that the first SIGTERM drains the app (app/drain.py) before uvicorn's own shutdown."""
+    """uvicorn, except that the first SIGTERM drains the app (app/service/drain.py) before uvicorn's own shutdown."""
 
     def __init__(self, config: uvicorn.Config, grace_seconds: float) -> None:
         super().__init__(config)
@@ -39,9 +39,9 @@ class DrainingServer(uvicorn.Server):
         self._draining = self._loop.create_task(self._drain())  # a signal handler runs on the loop's thread
 
     async def _drain(self) -> None:
-        app = app_from_environment()
-        app.state.drain.begin()
-        idle = await app.state.drain.wait_idle(app.state.admission, self.grace_seconds)
+        services = app_from_environment().state.services
+        services.drain.begin()
+        idle = await services.drain.wait_idle(services.admission, self.grace_seconds)
         if idle:
             log.info("drained: every request and stream finished; shutting down")
         self.should_exit = True

@@ -13,11 +13,8 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.formparsers import MultiPartParser
 
-from app.drain import Drain, DrainMiddleware
-from app.metrics import Instrumentation, Metrics, configure_logging, redact_api_keys
 from app.routes import health, info, openai, page, stream, transcribe, vosk
-from app.service.admission import Admission
-from app.service.resume import ResumableStreams
+from app.service.services import Services, warm_up
 from app.settings import Settings
 from app.speech.alphabet import AlphabetError
 from app.speech.decoding import ScorerError
@@ -25,8 +22,11 @@ from app.speech.engine import Engine
 from app.speech.model_dir import ModelDirectoryError
 from app.speech.runtime import CoreMLUnavailable
 from app.web.auth import ApiKeyAuth
+from app.web.drain import DrainMiddleware
 from app.web.errors import install_error_handlers
+from app.web.instrumentation import Instrumentation
 from app.web.limits import UploadLimit
+from app.web.logs import configure_logging, redact_api_keys
 
 log = logging.getLogger("app")
 
@@ -42,22 +42,20 @@ def create_app(
     The app closes (at shutdown) an engine it loaded, or one given with `owns_engine`; never one that tests share
     between apps."""
     settings = settings or Settings()
-
-    metrics = Metrics()
+    services = Services.create(settings, engine)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if engine is None:
-            app.state.engine = Engine.load(settings)
-        metrics.describe_engine(app.state.engine, settings.compute_units)
-        if not getattr(app.state, "ready", False):
-            seconds = await run_in_threadpool(health.warm_up, app.state.engine)
+        if services.loaded_engine is None:
+            services.use_engine(Engine.load(settings))
+        if not services.ready:
+            seconds = await run_in_threadpool(warm_up, services.engine)
             log.info("warm-up inference done in %.2f s; ready", seconds)
-            health.mark_ready(app, seconds)
+            services.mark_ready(seconds)
         yield
-        app.state.resumable.close_all()
+        services.resumable.close_all()
         if engine is None or owns_engine:
-            app.state.engine.close()  # stops the stream batcher's thread
+            services.engine.close()  # stops the stream batcher's thread
 
     app = FastAPI(
         title="DeepSpeech transcription service",
@@ -65,21 +63,11 @@ def create_app(
         version="0.1.0",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    # The one untyped app.state entry; routes reach it through app/web/deps.py's typed dependencies.
+    app.state.services = services
     # Uploads stay in memory up to the upload cap (they are bounded by it): Starlette would otherwise spool any
     # file part over 1 MB to a temporary file, and audio must not touch the disk (process-wide class attribute).
     MultiPartParser.spool_max_size = settings.max_upload_bytes
-    app.state.admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
-    app.state.metrics = metrics
-    metrics.watch_admission(app.state.admission)
-    app.state.ready = False  # /ready: 503 until the lifespan's warm-up inference ran
-    app.state.drain = Drain()  # SIGTERM under `python -m app` (app/__main__.py)
-    app.state.resumable = ResumableStreams(
-        settings.stream_resume_seconds, settings.max_streams, stream.expire_parked(app)
-    )
-    if engine is not None:  # preloaded: usable even where no lifespan runs (httpx's ASGITransport)
-        app.state.engine = engine
-        metrics.describe_engine(engine, settings.compute_units)
     # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
     # 401s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) -> ApiKeyAuth
     # (refuses before any body is read) -> UploadLimit -> the routes.
@@ -90,7 +78,7 @@ def create_app(
         redact_api_keys()  # uvicorn logs websocket URLs, `?api_key=` included
     else:
         log.info("DS_API_KEY is not set: every route is open")
-    app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    app.add_middleware(DrainMiddleware, drain=services.drain)
     if settings.cors_origins:  # outermost: preflights are answered before auth, errors carry the headers
         app.add_middleware(
             CORSMiddleware,
@@ -99,7 +87,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type"],
             max_age=600,
         )
-    app.add_middleware(Instrumentation, metrics=metrics)
+    app.add_middleware(Instrumentation, metrics=services.metrics)
     install_error_handlers(app)
     app.include_router(transcribe.router)
     app.include_router(openai.router)

@@ -11,13 +11,8 @@ Existing OpenAI clients (the `openai` SDKs, and the many tools built on them) wo
   the audio elsewhere; clients that send no language are unaffected.
 - `response_format`: `json` (default, `{"text"}`), `text`, `srt`, `vtt`, `verbose_json`. `verbose_json`
   carries `duration`, `segments` (split at pauses found in the CTC word alignment; see app/service/subtitles.py) and,
-  with `timestamp_granularities[]=word`, `words`. Without granularities it has segments only, as OpenAI's.
-  Whisper-only segment fields are filled honestly: `seek` 0 (one pass over the whole file, no 30 s windows),
-  `tokens` [] (no text tokenizer), `temperature` 0.0 (deterministic search), `avg_logprob` = ln of the mean
-  per-frame probability of the chosen token over the segment's words (their frames weighted by duration;
-  the mean of logs would be lower, by Jensen's inequality), `compression_ratio` = UTF-8 length / zlib length
-  of the segment text exactly as Whisper computes it, `no_speech_prob` 0.0 (segments are made of recognised
-  words; there is no separate no-speech detector).
+  with `timestamp_granularities[]=word`, `words`. Without granularities it has segments only, as OpenAI's
+  (the Whisper-only segment fields: app/service/rendering.py).
 - `timestamp_granularities[]`: a repeated form field whose name ends in `[]`, read from the raw form (FastAPI's
   `Form(alias=...)` does not see it). Only with `verbose_json`, as OpenAI requires.
 - `stream=true` (`json` or `text`): Server-Sent Events `transcript.text.delta` ... `transcript.text.done`. The
@@ -27,113 +22,46 @@ Existing OpenAI clients (the `openai` SDKs, and the many tools built on them) wo
   non-streamed text (on Core ML, up to float16 differences between piece shapes).
 Errors on these routes use OpenAI's shape `{"error": {"message", "type", "param", "code"}}`: 400 bad field
 or empty audio, 404 unknown model, 413 upload or duration over the caps, 415 undecodable audio, 500 model
-failure. The rest of the service keeps `{"detail": ...}`.
+failure. The rest of the service keeps `{"detail": ...}` (both shapes: app/web/errors.py).
 """
 
 from __future__ import annotations
 
 import json
-import logging
-import time
-import zlib
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.background import BackgroundTask
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 
-from app.metrics import observe_audio
-from app.service import subtitles
-from app.service.admission import ServiceBusy, Ticket
-from app.speech import audio
-from app.speech.decoding import DecodeOptionError, GreedyDecoder, HotWords, Transcript, Word, parse_hot_words
-from app.speech.decoding.beam import BeamStream
+from app.service.rendering import (
+    LANGUAGE_NAMES,
+    TEXT_MEDIA_TYPE,
+    TranscriptionJson,
+    VerboseTranscription,
+    render_text,
+    verbose_json,
+)
+from app.service.uploads import StreamedTranscription, transcribe_upload
+from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words
 from app.speech.engine import Engine
-from app.speech.features import context_window_blocks, mfcc
-from app.speech.runtime import InferenceError, LstmState
-from app.web.errors import UploadTooLarge
+from app.speech.runtime import InferenceError
+from app.web.deps import EngineDep, ServicesDep
+from app.web.errors import ApiError, api_error, error_payload
 
 router = APIRouter(prefix="/v1", tags=["openai"])
-log = logging.getLogger(__name__)
 
-PREFIX = "/v1/"
+ROUTE = "/v1/audio/transcriptions"
+
 RESPONSE_FORMATS = ("json", "text", "srt", "verbose_json", "vtt")
 GRANULARITIES = ("word", "segment")
-PIECE_STEPS = 50  # streaming: model time steps per piece (1 s of audio)
-LANGUAGE_NAMES = {
-    "en": "english",
-    "de": "german",
-    "fr": "french",
-    "es": "spanish",
-    "it": "italian",
-    "pt": "portuguese",
-    "nl": "dutch",
-    "pl": "polish",
-    "ru": "russian",
-    "ca": "catalan",
-    "zh": "chinese",
-    "ja": "japanese",
-}
 OWNED_BY = "local"
-
-
-# --- errors --------------------------------------------------------------------------------------------------
-
-
-def error_body(
-    message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None
-) -> dict[str, dict[str, str | None]]:
-    """OpenAI's error object."""
-    return {"error": {"message": message, "type": type, "param": param, "code": code}}
-
-
-class OpenAIError(Exception):
-    """An error answered in OpenAI's shape with `status`."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = error_body(message, type=type, param=param, code=code)
-
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body, status_code=self.status)
-
-
-def _from_app_error(exc: Exception) -> OpenAIError:
-    """The app's typed errors (app/speech/audio.py, app/web/errors.py, the runtime) in OpenAI's shape."""
-    message = str(exc)
-    if isinstance(exc, audio.EmptyAudio):
-        return OpenAIError(400, message, param="file", code="empty_audio")
-    if isinstance(exc, audio.UnsupportedAudio):
-        return OpenAIError(415, message, param="file", code="unsupported_audio")
-    if isinstance(exc, UploadTooLarge):
-        return OpenAIError(413, message, param="file", code="request_too_large")
-    if isinstance(exc, audio.AudioTooLong):
-        return OpenAIError(413, message, param="file", code="audio_too_long")
-    if isinstance(exc, audio.AudioError):
-        return OpenAIError(400, message, param="file", code="invalid_audio")
-    if isinstance(exc, ServiceBusy):
-        return OpenAIError(503, message, type="server_error", code="server_busy")
-    if isinstance(exc, InferenceError):
-        log.error("inference failed on %s: %s", PREFIX + "audio/transcriptions", exc)
-        return OpenAIError(500, "the model failed on this audio; see the server log", type="server_error")
-    raise exc
 
 
 class ErrorDetail(BaseModel):
@@ -170,12 +98,8 @@ def _text_field(form: FormData, name: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise OpenAIError(400, f"'{name}' must be a text field, not a file", param=name)
+        raise ApiError(400, f"'{name}' must be a text field, not a file", param=name)
     return value.strip()
-
-
-def _model_language(request: Request) -> str:
-    return str(getattr(request.app.state.settings, "language", "en")).lower()
 
 
 def _check_language(value: str, served: str) -> None:
@@ -183,7 +107,7 @@ def _check_language(value: str, served: str) -> None:
     names = {served, LANGUAGE_NAMES.get(served, served)}
     if wanted in names or wanted.split("-")[0] == served:
         return
-    raise OpenAIError(
+    raise ApiError(
         400,
         f"this server transcribes {LANGUAGE_NAMES.get(served, served).capitalize()} only ('{served}'); "
         f"language '{value}' is not supported. Leave 'language' out or send '{served}'.",
@@ -192,14 +116,14 @@ def _check_language(value: str, served: str) -> None:
     )
 
 
-async def _parse(request: Request) -> TranscriptionRequest:
+async def _parse(request: Request, served_language: str) -> TranscriptionRequest:
     try:
         async with request.form() as form:
             upload = form.get("file")
             if upload is None:
-                raise OpenAIError(400, "the multipart field 'file' (the audio) is required", param="file")
+                raise ApiError(400, "the multipart field 'file' (the audio) is required", param="file")
             if not isinstance(upload, UploadFile):
-                raise OpenAIError(400, "'file' must be a file upload (multipart/form-data)", param="file")
+                raise ApiError(400, "'file' must be a file upload (multipart/form-data)", param="file")
             data = await upload.read()
             response_format = _text_field(form, "response_format") or "json"
             granularities = [
@@ -217,32 +141,32 @@ async def _parse(request: Request) -> TranscriptionRequest:
             hot_words = tuple(v for v in form.getlist("hot_words") if isinstance(v, str))
     except (HTTPException, MultiPartException) as exc:
         message = getattr(exc, "detail", None) or getattr(exc, "message", None) or str(exc)
-        raise OpenAIError(400, f"could not parse the multipart form: {message}") from exc
+        raise ApiError(400, f"could not parse the multipart form: {message}") from exc
 
     if response_format not in RESPONSE_FORMATS:
-        raise OpenAIError(
+        raise ApiError(
             400,
             f"response_format '{response_format}' is not supported; use one of {', '.join(RESPONSE_FORMATS)}",
             param="response_format",
         )
     for granularity in granularities:
         if granularity not in GRANULARITIES:
-            raise OpenAIError(
+            raise ApiError(
                 400,
                 f"timestamp_granularities[] '{granularity}' is not supported; use word and/or segment",
                 param="timestamp_granularities",
             )
     if granularities and response_format != "verbose_json":
-        raise OpenAIError(
+        raise ApiError(
             400,
             "timestamp_granularities[] needs response_format verbose_json",
             param="timestamp_granularities",
         )
     if stream not in ("true", "false", "1", "0"):
-        raise OpenAIError(400, f"stream must be true or false, got '{stream}'", param="stream")
+        raise ApiError(400, f"stream must be true or false, got '{stream}'", param="stream")
     streaming = stream in ("true", "1")
     if streaming and response_format not in ("json", "text"):
-        raise OpenAIError(
+        raise ApiError(
             400,
             f"stream=true streams text deltas; it works with response_format json or text, not {response_format}",
             param="stream",
@@ -253,11 +177,11 @@ async def _parse(request: Request) -> TranscriptionRequest:
         except ValueError:
             value = -1.0
         if not 0.0 <= value <= 1.0:
-            raise OpenAIError(
+            raise ApiError(
                 400, f"temperature must be a number from 0 to 1, got '{temperature}'", param="temperature"
             )
     if language is not None:
-        _check_language(language, _model_language(request))
+        _check_language(language, served_language.lower())
     return TranscriptionRequest(
         data=data,
         response_format=response_format,
@@ -267,222 +191,6 @@ async def _parse(request: Request) -> TranscriptionRequest:
         model=model,
         hot_words=hot_words,
     )
-
-
-# --- responses -----------------------------------------------------------------------------------------------
-
-
-class VerboseSegment(BaseModel):
-    id: int
-    seek: int
-    start: float
-    end: float
-    text: str
-    tokens: list[int]
-    temperature: float
-    avg_logprob: float
-    compression_ratio: float
-    no_speech_prob: float
-
-
-class VerboseWord(BaseModel):
-    word: str
-    start: float
-    end: float
-
-
-class VerboseTranscription(BaseModel):
-    task: Literal["transcribe"] = "transcribe"
-    language: str
-    duration: float
-    text: str
-    segments: list[VerboseSegment] | None = None
-    words: list[VerboseWord] | None = None
-
-
-class TranscriptionJson(BaseModel):
-    text: str
-
-
-def avg_logprob(words: Sequence[Word]) -> float:
-    """ln of the duration-weighted mean word confidence (each word's confidence is already the mean per-frame
-    probability of the chosen token over its frames)."""
-    weights = np.array([max(w.end - w.start, 1e-6) for w in words])
-    confidences = np.array([w.confidence for w in words])
-    mean = float(np.sum(weights * confidences) / np.sum(weights)) if len(words) else 0.0
-    return round(float(np.log(max(mean, 1e-10))), 6)
-
-
-def compression_ratio(text: str) -> float:
-    """Whisper's repetition check: UTF-8 length over zlib-compressed length."""
-    data = text.encode("utf-8")
-    return round(len(data) / len(zlib.compress(data)), 6) if data else 0.0
-
-
-def verbose_json(
-    transcript: Transcript, duration: float, granularities: Sequence[str], language: str
-) -> VerboseTranscription:
-    body = VerboseTranscription(
-        language=LANGUAGE_NAMES.get(language, language), duration=round(duration, 3), text=transcript.text
-    )
-    if not granularities or "segment" in granularities:
-        body.segments = [
-            VerboseSegment(
-                id=i,
-                seek=0,
-                start=round(seg.start, 3),
-                end=round(seg.end, 3),
-                text=seg.text,
-                tokens=[],
-                temperature=0.0,
-                avg_logprob=avg_logprob(seg.words),
-                compression_ratio=compression_ratio(seg.text),
-                no_speech_prob=0.0,
-            )
-            for i, seg in enumerate(subtitles.segment_words(transcript.words))
-        ]
-    if "word" in granularities:
-        body.words = [
-            VerboseWord(word=w.word, start=round(w.start, 3), end=round(w.end, 3)) for w in transcript.words
-        ]
-    return body
-
-
-def _formatted(transcript: Transcript, duration: float, req: TranscriptionRequest, language: str) -> Response:
-    fmt = req.response_format
-    if fmt == "text":
-        return PlainTextResponse(transcript.text + "\n")
-    if fmt == "srt":  # OpenAI answers SRT as text/plain
-        return PlainTextResponse(subtitles.srt(transcript.words))
-    if fmt == "vtt":
-        return Response(subtitles.vtt(transcript.words), media_type=subtitles.VTT_MEDIA_TYPE)
-    if fmt == "verbose_json":
-        body = verbose_json(transcript, duration, req.granularities, language)
-        return JSONResponse(body.model_dump(exclude_none=True))
-    return JSONResponse({"text": transcript.text})
-
-
-# --- streaming -----------------------------------------------------------------------------------------------
-
-
-class IncrementalTranscription:
-    """`Engine.transcribe` in pieces: the same feature windows, the dynamic model over `piece_steps` windows at a
-    time with the LSTM state carried (the probabilities of its ≤ max_steps windows), and the decoder fed piece by
-    piece, as `Decoder.decode` runs it; so the final transcript is the non-streamed one. After a piece,
-    `step` returns the words that became certain; `finished` after the last piece, with `transcript` set.
-
-    Certain words: for the beam search, those every hypothesis agrees on (`BeamStream.stable_words`); for greedy,
-    every word but the last (greedy never revises). The check costs O(beam x frames), so it runs after every
-    piece at first and then at least every tenth of the audio so far (bounded total cost on long files).
-    """
-
-    def __init__(
-        self,
-        engine: Engine,
-        samples: np.ndarray,
-        piece_steps: int = PIECE_STEPS,
-        hot_words: HotWords | None = None,
-    ) -> None:
-        self._engine = engine
-        self._samples: np.ndarray | None = samples
-        self._blocks: Iterator[np.ndarray] = iter(())
-        self._total = 0
-        self._state = LstmState.zeros(engine.model.n_cell_dim)
-        self._decoder = engine.decoder.stream(hot_words=hot_words)
-        self._piece = piece_steps
-        self._steps = 0
-        self._checked_at = 0
-        self.stable: list[str] = []
-        self.transcript: Transcript | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.transcript is not None
-
-    def step(self) -> list[str]:
-        """Run the next piece (the first call also computes the features); return the newly certain words."""
-        if self.transcript is not None:
-            return []
-        if self._samples is not None:  # MFCCs once; context windows one piece at a time, as Engine.transcribe
-            frames = mfcc(self._samples)
-            self._total = len(frames)
-            self._blocks = context_window_blocks(frames, self._piece)
-            self._samples = None
-        piece = next(self._blocks, None)
-        if piece is not None and len(piece):
-            probs, self._state = self._engine.model.run_window(piece, self._state)
-            self._decoder.feed(probs)
-            self._steps += len(piece)
-        if piece is None or self._steps >= self._total:
-            return self._finish()
-        if self._steps - self._checked_at < max(self._piece, self._steps // 10):
-            return []
-        self._checked_at = self._steps
-        return self._extend(self._certain_words())
-
-    def _certain_words(self) -> list[str]:
-        if isinstance(self._decoder, BeamStream):
-            return self._decoder.stable_words()
-        if isinstance(self._engine.decoder, GreedyDecoder):
-            return [word.word for word in self._decoder.partial().words[:-1]]
-        return []  # a decoder we know nothing about: everything at the end
-
-    def _extend(self, words: list[str]) -> list[str]:
-        n = len(self.stable)
-        if len(words) <= n or words[:n] != self.stable:
-            return []
-        self.stable = words
-        return words[n:]
-
-    def _finish(self) -> list[str]:
-        self.transcript = self._decoder.finish()
-        final = [word.word for word in self.transcript.words]
-        n = len(self.stable)
-        if final[:n] != self.stable:  # cannot happen with the decoders above; never hide it if it does
-            log.error("streamed words %r are not a prefix of the final transcript %r", self.stable, final)
-        self.stable = final
-        return final[n:]
-
-
-def _sse(event: dict[str, Any]) -> str:
-    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
-
-
-async def transcript_events(
-    engine: Engine,
-    samples: np.ndarray,
-    hot_words: HotWords | None = None,
-    job_seconds: list[float] | None = None,
-) -> AsyncIterator[dict[str, Any]]:
-    """`transcript.text.delta` events as words become certain, then `transcript.text.done`. The seconds spent
-    computing (not waiting on the client) are added to `job_seconds` for the RTF metric."""
-    job = IncrementalTranscription(engine, samples, hot_words=hot_words)
-    sent = False
-    while not job.finished:
-        started = time.perf_counter()
-        words = await run_in_threadpool(job.step)
-        if job_seconds is not None:
-            job_seconds[0] += time.perf_counter() - started
-        if words:
-            yield {"type": "transcript.text.delta", "delta": (" " if sent else "") + " ".join(words)}
-            sent = True
-    assert job.transcript is not None
-    yield {"type": "transcript.text.done", "text": job.transcript.text}
-
-
-async def _event_stream(
-    request: Request, samples: np.ndarray, hot_words: HotWords | None, ticket: Ticket
-) -> AsyncIterator[str]:
-    """The SSE body: waits for its worker slot (reserved before the 200 went out), then streams the events."""
-    computing = [0.0]
-    try:
-        async with ticket:
-            async for event in transcript_events(request.app.state.engine, samples, hot_words, computing):
-                yield _sse(event)
-    except InferenceError as exc:  # the status line is sent already: report it as OpenAI's stream error
-        yield _sse(_from_app_error(exc).body)
-        return
-    observe_audio(request.app, "/v1/audio/transcriptions", len(samples) / audio.SAMPLE_RATE, computing[0])
 
 
 # --- routes --------------------------------------------------------------------------------------------------
@@ -564,40 +272,48 @@ TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     summary="Transcribe audio (OpenAI-compatible)",
 )
-async def create_transcription(request: Request) -> Response:
+async def create_transcription(request: Request, services: ServicesDep) -> Response:
     """OpenAI's `audio.transcriptions.create`; see the module documentation for what each field does here."""
-    engine: Engine = request.app.state.engine
+    req = await _parse(request, services.settings.language)
     try:
-        req = await _parse(request)
-        try:
-            hot = engine.decoder.check_options(hot_words=parse_hot_words(list(req.hot_words)))
-        except DecodeOptionError as exc:
-            raise OpenAIError(400, str(exc), param="hot_words", code="invalid_hot_words") from exc
-        max_seconds = request.app.state.settings.max_audio_seconds
-        if req.stream:
-            # A place in the queue first (full: a 503 now, before the 200 is sent), so that decoding, like the
-            # model, runs for a bounded number of requests at once; the worker slot is taken in the body.
-            ticket = request.app.state.admission.reserve()
-            try:
-                samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
-            except BaseException:
-                ticket.release()
-                raise
-            return StreamingResponse(
-                _event_stream(request, samples, hot, ticket),
-                media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-                background=BackgroundTask(ticket.release),  # also when the body never ran (client gone)
-            )
-        async with request.app.state.admission.inference():  # decoding counts against the workers too
-            samples, duration = await run_in_threadpool(audio.decode_audio, req.data, max_seconds)
-            result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot)
-        observe_audio(request.app, "/v1/audio/transcriptions", result.duration, result.processing_seconds)
-    except OpenAIError as exc:
-        return exc.response()
-    except (audio.AudioError, UploadTooLarge, InferenceError, ServiceBusy) as exc:
-        return _from_app_error(exc).response()
-    return _formatted(result.transcript, duration, req, _model_language(request))
+        hot = services.engine.decoder.check_options(hot_words=parse_hot_words(list(req.hot_words)))
+    except DecodeOptionError as exc:
+        raise ApiError(400, str(exc), param="hot_words", code="invalid_hot_words") from exc
+    if req.stream:
+        job = await StreamedTranscription.start(services, ROUTE, req.data, hot)
+        return StreamingResponse(
+            _sse(job, request.url.path),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            background=BackgroundTask(job.release),  # also when the body never ran (client gone)
+        )
+    upload = await transcribe_upload(services, ROUTE, req.data, hot_words=hot)
+    return _formatted(upload.result.transcript, upload.duration, req, services.settings.language)
+
+
+def _formatted(transcript: Transcript, duration: float, req: TranscriptionRequest, language: str) -> Response:
+    fmt = req.response_format
+    if fmt == "verbose_json":
+        body = verbose_json(transcript, duration, req.granularities, language.lower())
+        return JSONResponse(body.model_dump(exclude_none=True))
+    if fmt == "json":
+        return JSONResponse({"text": transcript.text})
+    rendered = render_text(transcript, fmt)  # type: ignore[arg-type]  # text, srt or vtt, checked by _parse
+    # OpenAI answers SRT as text/plain
+    media_type = TEXT_MEDIA_TYPE if fmt == "srt" else rendered.media_type
+    return Response(rendered.content, media_type=media_type)
+
+
+async def _sse(job: StreamedTranscription, path: str) -> AsyncIterator[str]:
+    try:
+        async for event in job.events():
+            yield _sse_line(event)
+    except InferenceError as exc:  # the status line is sent already: report it as OpenAI's stream error
+        yield _sse_line(error_payload(path, api_error(exc, path)))
+
+
+def _sse_line(event: dict[str, Any]) -> str:
+    return f"data: {json.dumps(event, ensure_ascii=False)}\n\n"
 
 
 class ModelObject(BaseModel):
@@ -621,9 +337,9 @@ def _model_object(engine: Engine) -> ModelObject:
 
 
 @router.get("/models", response_model=ModelList, summary="List the served model (OpenAI-compatible)")
-async def list_models(request: Request) -> ModelList:
+async def list_models(engine: EngineDep) -> ModelList:
     """The one loaded model; its id is the model directory's name (`created`: when it was converted)."""
-    return ModelList(data=[_model_object(request.app.state.engine)])
+    return ModelList(data=[_model_object(engine)])
 
 
 @router.get(
@@ -632,14 +348,14 @@ async def list_models(request: Request) -> ModelList:
     responses={404: _error_doc("no such model")},
     summary="Describe the served model (OpenAI-compatible)",
 )
-async def retrieve_model(request: Request, model_id: str) -> ModelObject | JSONResponse:
+async def retrieve_model(engine: EngineDep, model_id: str) -> ModelObject:
     """The loaded model if `model_id` is its id, else 404 in OpenAI's shape."""
-    model = _model_object(request.app.state.engine)
+    model = _model_object(engine)
     if model_id != model.id:
-        return OpenAIError(
+        raise ApiError(
             404,
             f"The model '{model_id}' does not exist; this server serves '{model.id}'",
             param="model",
             code="model_not_found",
-        ).response()
+        )
     return model

@@ -2,48 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, File, Query, Request, UploadFile
-from fastapi.responses import PlainTextResponse, Response
-from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
+from fastapi import APIRouter, File, Query, UploadFile
+from fastapi.responses import Response
+from pydantic import BaseModel
 
-from app.metrics import observe_audio
 from app.service import subtitles
-from app.speech.audio import decode_audio
+from app.service.rendering import TranscriptionResponse, render_text, transcription_response
+from app.service.uploads import transcribe_upload
 from app.speech.decoding import MAX_ALTERNATIVES, parse_hot_words
-from app.speech.engine import Engine
+from app.web.deps import ServicesDep
 
 router = APIRouter(tags=["transcription"])
-
-
-class WordTiming(BaseModel):
-    word: str
-    start: float
-    end: float
-    confidence: float
-
-
-class Alternative(BaseModel):
-    text: str
-    confidence: float = Field(description="share of the final beam's score (0..1, best first)")
-    words: list[WordTiming]
-
-
-class TranscriptionResponse(BaseModel):
-    text: str
-    duration: float
-    words: list[WordTiming]
-    confidence: float
-    model: str
-    backend: str
-    decoder: str
-    processing_seconds: float
-    alternatives: list[Alternative] | None = Field(
-        None, description="the N best transcripts, with alternatives=N"
-    )
 
 
 class ErrorMessage(BaseModel):
@@ -94,7 +65,7 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
     responses=OTHER_FORMATS,
 )
 async def transcribe(
-    request: Request,
+    services: ServicesDep,
     file: Annotated[
         UploadFile,
         File(description="audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus) or WebM; any rate, any channels"),
@@ -111,38 +82,12 @@ async def transcribe(
     ] = 1,
 ) -> TranscriptionResponse | Response:
     """Transcribe one file: decode, resample to 16 kHz mono, run the model over all of it, beam-search decode."""
-    engine: Engine = request.app.state.engine
+    engine = services.engine
     hot = engine.decoder.check_options(hot_words=parse_hot_words(hot_words), alternatives=alternatives)
-    data = await file.read()
-    async with request.app.state.admission.inference():
-        samples, duration = await run_in_threadpool(
-            decode_audio, data, request.app.state.settings.max_audio_seconds
-        )
-        result = await run_in_threadpool(engine.transcribe, samples, hot_words=hot, alternatives=alternatives)
-    observe_audio(request.app, "/transcribe", result.duration, result.processing_seconds)
-    transcript = result.transcript
-    if format == "text":
-        return PlainTextResponse(transcript.text + "\n")
-    if format == "srt":
-        return Response(subtitles.srt(transcript.words), media_type=subtitles.SRT_MEDIA_TYPE)
-    if format == "vtt":
-        return Response(subtitles.vtt(transcript.words), media_type=subtitles.VTT_MEDIA_TYPE)
-    return TranscriptionResponse(
-        text=transcript.text,
-        duration=round(duration, 3),
-        words=[WordTiming(**asdict(word)) for word in transcript.words],
-        confidence=transcript.confidence,
-        model=engine.model_dir.name,
-        backend=engine.model.backend,
-        decoder=engine.decoder.description,
-        processing_seconds=round(result.processing_seconds, 3),
-        alternatives=[
-            Alternative(
-                text=alt.text,
-                confidence=alt.confidence,
-                words=[WordTiming(**asdict(word)) for word in alt.words],
-            )
-            for alt in transcript.alternatives
-        ]
-        or None,
+    upload = await transcribe_upload(
+        services, "/transcribe", await file.read(), hot_words=hot, alternatives=alternatives
     )
+    if format == "json":
+        return transcription_response(upload.result, upload.duration, engine)
+    rendered = render_text(upload.result.transcript, format)
+    return Response(rendered.content, media_type=rendered.media_type)

@@ -9,42 +9,24 @@ compared byte for byte as Vosk does, so `{"eof":1}` works too.
 Server → client: exactly one reply per client message: `{"partial": "..."}` after audio, and
 `{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (or `{"text": ""}`) for eof/reset.
 Vosk's default sample rate is 8000 Hz; so is this endpoint's unless the config says otherwise.
+The stream's life (admission, deadlines, drain, failures) is the controller's (app/service/streams.py).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, WebSocket
 
-from app.drain import GOING_AWAY, ServerDraining
-from app.metrics import observe_stream, stream_closed, stream_opened
-from app.routes.stream import (
-    FAILURE_TEXT,
-    StreamIdle,
-    StreamTooLong,
-    admit_stream,
-    end_stream,
-    feed_audio,
-    final_transcript,
-    receive_message,
-    send_message,
-    stream_failure,
-    stream_options,
-)
+from app.routes.websocket import WebSocketChannel
+from app.service.streams import StreamController, stream_options
 from app.speech.audio import UnsupportedAudio
 from app.speech.decoding import Transcript
-from app.speech.engine import Engine
-from app.speech.stream_audio import StreamAudio
+from app.web.deps import ServicesDep
 
 router = APIRouter(tags=["streaming"])
 
 VOSK_DEFAULT_RATE = 8000
-
-
-def vosk_error(code: str) -> dict[str, str]:
-    """A stream failure in Vosk's shape (it has no error codes, only a message)."""
-    return {"error": FAILURE_TEXT[code]}
 
 
 def vosk_result(transcript: Transcript, words: bool, alternatives: int = 0) -> dict[str, Any]:
@@ -72,90 +54,75 @@ def vosk_result(transcript: Transcript, words: bool, alternatives: int = 0) -> d
     return result
 
 
-@router.websocket("/vosk")
-async def vosk(websocket: WebSocket) -> None:
-    engine: Engine = websocket.app.state.engine
-    if not await admit_stream(websocket):
-        return
-    session = engine.open_stream()
-    audio: StreamAudio | None = None
-    spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
-    words = True
-    hot_words: dict[str, float] | None = None
-    max_alternatives = 0
-    limit = websocket.app.state.settings.stream_max_seconds
-    stream_opened(websocket.app, "/vosk")
-    try:
-        while True:
-            try:
-                message = await receive_message(websocket)
-            except ValueError as exc:
-                await send_message(websocket, {"error": f"not a JSON object: {exc}"})
-                continue
-            if isinstance(message, bytes):
-                audio = audio or StreamAudio.open(*spec, max_seconds=limit)
-                try:
-                    await feed_audio(websocket, session, audio, message)
-                except UnsupportedAudio as exc:
-                    await send_message(websocket, {"error": str(exc)})
-                    continue
-                await send_message(websocket, {"partial": session.partial_text})
-                continue
-            control = message
-            if isinstance(control.get("config"), dict):
-                config = control["config"]
-                requested = (str(config.get("format", "pcm")), _as_rate(config.get("sample_rate", spec[1])))
-                try:
-                    hot, _ = stream_options(config)
-                    n_best = int(config.get("max_alternatives", 0))
-                    if session.samples_in == 0:
-                        session = engine.open_stream(hot_words=hot, alternatives=max(1, n_best))
-                    opened = StreamAudio.open(*requested, max_seconds=limit)
-                except (ValueError, TypeError, OverflowError) as exc:
-                    await send_message(websocket, {"error": str(exc)})
-                    continue
-                if audio is not None:
-                    audio.close()
-                audio, spec, words = opened, requested, bool(config.get("words", words))
-                hot_words, max_alternatives = hot, n_best
-                continue  # Vosk answers nothing to a valid config message
-            if control.get("eof") or control.get("reset"):
-                audio = audio or StreamAudio.open(*spec, max_seconds=limit)
-                transcript = await final_transcript(session, audio)
-                await send_message(websocket, vosk_result(transcript, words, max_alternatives))
-                if control.get("eof"):
-                    await websocket.close(1000)
-                    return
-                audio.close()
-                audio = StreamAudio.open(*spec, max_seconds=limit)
-                observe_stream(websocket.app, "/vosk", session)  # counted now: the session is replaced
-                session = engine.open_stream(hot_words=hot_words, alternatives=max(1, max_alternatives))
-                continue
-            await send_message(
-                websocket, {"error": "expected a config, eof or reset message, or binary audio"}
-            )
-    except WebSocketDisconnect:
-        return
-    except StreamIdle as exc:
-        await end_stream(websocket, {"error": str(exc)}, 1000)
-    except (StreamTooLong, ServerDraining) as exc:  # the final result of what was heard, as for eof
+class VoskDialect:
+    """Vosk's protocol for one connection, with the settings its config messages declared."""
+
+    route = "/vosk"
+
+    def __init__(self) -> None:
+        self.spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
+        self.words = True
+        self.hot_words: dict[str, float] | None = None
+        self.max_alternatives = 0
+
+    def input_spec(self) -> tuple[str, int]:
+        return self.spec
+
+    def error(self, code: str, message: str) -> dict[str, Any]:
+        return {"error": message}  # Vosk has no error codes, only a message
+
+    def ending_notice(self, code: str, message: str) -> None:
+        return None  # the final result of what was heard, as for eof
+
+    def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]:
+        return vosk_result(transcript, self.words, self.max_alternatives)
+
+    async def on_audio(self, stream: StreamController, data: bytes) -> None:
         try:
-            transcript = await final_transcript(session, audio or StreamAudio.open(*spec, max_seconds=limit))
-            result = vosk_result(transcript, words, max_alternatives)
-            await end_stream(websocket, result, GOING_AWAY if isinstance(exc, ServerDraining) else 1000)
-        except Exception as failure:
-            await stream_failure(websocket, "/vosk", failure, vosk_error)
-    except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
-        await stream_failure(websocket, "/vosk", exc, vosk_error)
-    finally:
-        websocket.app.state.admission.close_stream()
-        stream_closed(websocket.app, "/vosk", session)
-        if audio is not None:
-            audio.close()
+            await stream.feed(data)
+        except UnsupportedAudio as exc:
+            await stream.send({"error": str(exc)})
+            return
+        await stream.send({"partial": stream.session.partial_text})
+
+    async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
+        if isinstance(control.get("config"), dict):
+            await self._configure(stream, control["config"])  # Vosk answers nothing to a valid config message
+            return False
+        if control.get("eof") or control.get("reset"):
+            transcript, _ = await stream.finish()
+            await stream.send(self.final(stream, transcript))
+            if control.get("eof"):
+                return True
+            await stream.reset(self.hot_words, max(1, self.max_alternatives))
+            return False
+        await stream.send({"error": "expected a config, eof or reset message, or binary audio"})
+        return False
+
+    async def _configure(self, stream: StreamController, config: dict[str, Any]) -> None:
+        requested = (config.get("format", "pcm"), _as_rate(config.get("sample_rate", self.spec[1])))
+        try:
+            hot, _ = stream_options(config)
+            n_best = int(config.get("max_alternatives", 0))
+            if stream.session.samples_in == 0:
+                stream.new_session(hot, max(1, n_best))
+            opened = stream.open_audio(str(requested[0]), requested[1])
+        except (ValueError, TypeError, OverflowError) as exc:
+            await stream.send({"error": str(exc)})
+            return
+        stream.use_audio(opened)
+        self.spec, self.words = (str(requested[0]), requested[1]), bool(config.get("words", self.words))
+        self.hot_words, self.max_alternatives = hot, n_best
 
 
-def _as_rate(value: Any) -> int:
+def _as_rate(value: Any) -> Any:
     # Vosk's clients send the rate as a number, often a float (wave's getframerate() is an int, others not).
     if isinstance(value, float) and value.is_integer():
         return int(value)
     return value  # StreamAudio.open rejects anything else with a message
+
+
+@router.websocket("/vosk")
+async def vosk(websocket: WebSocket, services: ServicesDep) -> None:
+    channel = WebSocketChannel(websocket, authenticated=bool(services.settings.api_key))
+    await StreamController(services, channel, VoskDialect()).run()

@@ -29,12 +29,9 @@ from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.routes.openai import PREFIX as OPENAI_PREFIX
-from app.routes.openai import error_body
-from app.web.errors import send_json
+from app.web.errors import UNAUTHORIZED, send_error
 
-MESSAGE = "missing or invalid API key; send 'Authorization: Bearer <key>'"
-OPENAI_MESSAGE = "Incorrect API key provided, or none was given. Send 'Authorization: Bearer <key>'."
+MESSAGE = UNAUTHORIZED.message
 WEBSOCKET_POLICY_VIOLATION = 1008
 
 # Always public: liveness/readiness (load balancers and launchd checks carry no key), the page and its assets
@@ -104,12 +101,4 @@ class ApiKeyAuth:
         if kind == "websocket":
             await send({"type": "websocket.close", "code": WEBSOCKET_POLICY_VIOLATION, "reason": ""})
             return
-        await self._unauthorized(scope, send)
-
-    async def _unauthorized(self, scope: Scope, send: Send) -> None:
-        payload: dict[str, object] = {"detail": MESSAGE}
-        if scope["path"].startswith(
-            OPENAI_PREFIX
-        ):  # the OpenAI SDKs read {"error": {...}} and raise AuthenticationError
-            payload = dict(error_body(OPENAI_MESSAGE, type="invalid_request_error", code="invalid_api_key"))
-        await send_json(send, 401, payload, ((b"www-authenticate", b'Bearer realm="deepspeech"'),))
+        await send_error(send, scope["path"], UNAUTHORIZED)

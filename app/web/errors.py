@@ -1,38 +1,141 @@
-"""Typed errors mapped to JSON responses at the edge: `{"detail": "..."}` with the right status, no traceback."""
+"""Every error a client can get over HTTP, in one place: the table from the pipeline's and the service's error
+types to (status, code, message), rendered as `{"detail": message}` or, under `/v1/`, OpenAI's
+`{"error": {"message", "type", "param", "code"}}` (the OpenAI SDKs read that shape and raise their typed
+errors). Exception handlers, the raw ASGI middlewares (auth, upload cap, drain) and the SSE stream's in-band
+error all render through here, so a status or a message is decided once.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.types import Send
 
 from app.service.admission import ServiceBusy
-from app.speech.audio import AudioTooLong, EmptyAudio, UnsupportedAudio
+from app.speech.audio import AudioError, AudioTooLong, EmptyAudio, UnsupportedAudio
 from app.speech.decoding import DecodeOptionError
 from app.speech.runtime import InferenceError
 
 log = logging.getLogger(__name__)
 
-
-class UploadTooLarge(ValueError):
-    """The upload exceeds DS_MAX_UPLOAD_BYTES (HTTP 413)."""
+OPENAI_PREFIX = "/v1/"  # the OpenAI-compatible routes answer errors in OpenAI's shape
 
 
-class MissingUpload(ValueError):
-    """The request has no multipart `file` field (HTTP 400)."""
+class ApiError(Exception):
+    """An error a transport or middleware answers directly: status, message and OpenAI's type/param/code."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        openai_message: str | None = None,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+        self.type = type
+        self.param = param
+        self.openai_message = openai_message or message
+        self.headers = headers
 
 
-STATUS = {
-    EmptyAudio: 400,
-    MissingUpload: 400,
-    UnsupportedAudio: 415,
-    UploadTooLarge: 413,
-    AudioTooLong: 413,
-    DecodeOptionError: 422,
-}
+@dataclass(frozen=True)
+class ErrorKind:
+    """How one error type is answered; `message` replaces the exception's text where that text is internal."""
+
+    status: int
+    code: str | None
+    type: str = "invalid_request_error"
+    param: str | None = None
+    message: str | None = None
+    retry_after: int | None = None
+
+
+# Looked up in order, so a subclass comes before its base (EmptyAudio before AudioError).
+ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
+    (EmptyAudio, ErrorKind(400, "empty_audio", param="file")),
+    (UnsupportedAudio, ErrorKind(415, "unsupported_audio", param="file")),
+    (AudioTooLong, ErrorKind(413, "audio_too_long", param="file")),
+    (AudioError, ErrorKind(400, "invalid_audio", param="file")),
+    (DecodeOptionError, ErrorKind(422, "invalid_option")),
+    (ServiceBusy, ErrorKind(503, "server_busy", type="server_error", retry_after=ServiceBusy.retry_after)),
+    (
+        InferenceError,
+        ErrorKind(500, None, type="server_error", message="the model failed on this audio; see the server log"),
+    ),
+)
+
+UNAUTHORIZED = ApiError(
+    401,
+    "missing or invalid API key; send 'Authorization: Bearer <key>'",
+    code="invalid_api_key",
+    openai_message="Incorrect API key provided, or none was given. Send 'Authorization: Bearer <key>'.",
+    headers=(("www-authenticate", 'Bearer realm="deepspeech"'),),
+)
+SHUTTING_DOWN = ApiError(
+    503,
+    "the service is shutting down; retry shortly (another instance may take over)",
+    code="server_shutting_down",
+    type="server_error",
+    headers=(("retry-after", "5"),),
+)
+
+
+def upload_too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        f"upload larger than {max_bytes} bytes; raise DS_MAX_UPLOAD_BYTES or send less audio",
+        code="request_too_large",
+        param="file",
+    )
+
+
+def api_error(exc: Exception, path: str) -> ApiError:
+    """The ApiError for an exception of the table (logged where its text stays in the server log); others raise."""
+    if isinstance(exc, ApiError):
+        return exc
+    for error_type, kind in ERRORS:
+        if isinstance(exc, error_type):
+            if kind.message is not None:
+                log.error("%s on %s: %s", type(exc).__name__, path, exc)
+            headers = (("retry-after", str(kind.retry_after)),) if kind.retry_after is not None else ()
+            return ApiError(
+                kind.status,
+                kind.message or str(exc),
+                code=kind.code,
+                type=kind.type,
+                param=kind.param,
+                headers=headers,
+            )
+    raise exc
+
+
+def error_payload(path: str, error: ApiError) -> dict[str, object]:
+    """`{"detail"}`, or OpenAI's error object on the OpenAI-compatible routes."""
+    if path.startswith(OPENAI_PREFIX):
+        return {
+            "error": {
+                "message": error.openai_message,
+                "type": error.type,
+                "param": error.param,
+                "code": error.code,
+            }
+        }
+    return {"detail": error.message}
+
+
+def error_response(path: str, error: ApiError) -> JSONResponse:
+    return JSONResponse(error_payload(path, error), status_code=error.status, headers=dict(error.headers))
 
 
 async def send_json(
@@ -49,23 +152,23 @@ async def send_json(
     await send({"type": "http.response.body", "body": body})
 
 
+async def send_error(
+    send: Send, path: str, error: ApiError, headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """`error` from raw ASGI middleware, in the path's shape, with its own headers and `headers`."""
+    own = tuple((name.encode(), value.encode()) for name, value in error.headers)
+    names = {name for name, _ in headers}
+    await send_json(
+        send, error.status, error_payload(path, error), (*headers, *(h for h in own if h[0] not in names))
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    for error, status in STATUS.items():
+    """One handler for ApiError and every type of the table."""
 
-        async def handler(request: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+    async def handler(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request.url.path, api_error(exc, request.url.path))
 
-        app.add_exception_handler(error, handler)
-
-    async def inference_failed(request: Request, exc: Exception) -> JSONResponse:
-        log.error("inference failed on %s: %s", request.url.path, exc)
-        return JSONResponse({"detail": "the model failed on this audio; see the server log"}, status_code=500)
-
-    app.add_exception_handler(InferenceError, inference_failed)
-
-    async def busy(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"detail": str(exc)}, status_code=503, headers={"Retry-After": str(ServiceBusy.retry_after)}
-        )
-
-    app.add_exception_handler(ServiceBusy, busy)
+    app.add_exception_handler(ApiError, handler)
+    for error_type, _ in ERRORS:
+        app.add_exception_handler(error_type, handler)

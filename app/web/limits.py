@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.routes.openai import PREFIX as OPENAI_PREFIX
-from app.routes.openai import error_body
-from app.web.errors import send_json
+from app.web.errors import send_error, upload_too_large
 
 
 class _BodyTooLarge(Exception):
@@ -57,8 +55,4 @@ class UploadLimit:
             await self._reject(scope, send)
 
     async def _reject(self, scope: Scope, send: Send) -> None:
-        message = f"upload larger than {self.max_bytes} bytes; raise DS_MAX_UPLOAD_BYTES or send less audio"
-        payload: dict[str, object] = {"detail": message}
-        if scope["path"].startswith(OPENAI_PREFIX):  # the OpenAI-compatible routes answer in OpenAI's shape
-            payload = dict(error_body(message, param="file", code="request_too_large"))
-        await send_json(send, 413, payload)
+        await send_error(send, scope["path"], upload_too_large(self.max_bytes))

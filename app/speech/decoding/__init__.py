@@ -64,6 +64,10 @@ class DecoderStream(Protocol):
 
     def feed(self, probs: np.ndarray) -> None: ...
     def partial(self) -> Transcript: ...
+    def stable_words(self) -> list[str]:
+        """The leading words no later frame can change (what a streamed transcript may send as certain)."""
+        ...
+
     def finish(self) -> Transcript: ...
 
 
@@ -99,6 +103,10 @@ class _GreedyDecoderStream:
 
     def partial(self) -> Transcript:
         return self._stream.partial()
+
+    def stable_words(self) -> list[str]:
+        # Greedy decoding never revises a frame: every word but the last (which may still grow) is final.
+        return [word.word for word in self._stream.partial().words[:-1]]
 
     def finish(self) -> Transcript:
         return _single_alternative(self._stream.result().transcript, self._alternatives)

@@ -1,0 +1,88 @@
+"""The shared services of one running app, as one typed object: what every transport's use cases work with."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from app.service.admission import Admission
+from app.service.drain import Drain
+from app.service.metrics import Metrics
+from app.service.resume import ResumableStreams
+from app.settings import Settings
+from app.speech.engine import Engine
+
+
+class NotReady(RuntimeError):
+    """The models are not loaded yet (the lifespan has not run)."""
+
+
+@dataclass
+class Services:
+    """Settings, the loaded engine, admission, drain, metrics and the parked resumable streams of one app."""
+
+    settings: Settings
+    admission: Admission
+    drain: Drain
+    metrics: Metrics
+    resumable: ResumableStreams
+    loaded_engine: Engine | None = None
+    ready: bool = False  # /ready: false until the lifespan's warm-up inference ran
+    warm_up_seconds: float | None = field(default=None)
+
+    @classmethod
+    def create(cls, settings: Settings, engine: Engine | None = None) -> Services:
+        # Imported here: the stream controller builds on these services (its parked states expire into metrics).
+        from app.service.streams import expire_parked
+
+        metrics = Metrics()
+        admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
+        metrics.watch_admission(admission)
+        services = cls(
+            settings=settings,
+            admission=admission,
+            drain=Drain(),
+            metrics=metrics,
+            resumable=ResumableStreams(
+                settings.stream_resume_seconds, settings.max_streams, expire_parked(metrics)
+            ),
+        )
+        if engine is not None:
+            services.use_engine(engine)
+        return services
+
+    @property
+    def engine(self) -> Engine:
+        if self.loaded_engine is None:
+            raise NotReady("the models are still loading; retry when /ready answers 200")
+        return self.loaded_engine
+
+    def use_engine(self, engine: Engine) -> None:
+        self.loaded_engine = engine
+        self.metrics.describe_engine(engine, self.settings.compute_units)
+
+    def mark_ready(self, warm_up_seconds: float | None = None) -> None:
+        self.ready = True
+        self.metrics.ready.set(1)
+        if warm_up_seconds is not None:
+            self.warm_up_seconds = warm_up_seconds
+            self.metrics.warm_up_seconds.set(warm_up_seconds)
+
+
+WARM_UP_SECONDS = 1.0
+
+
+def warm_up(engine: Engine) -> float:
+    """One second of silence through `transcribe` and through a stream; returns the seconds it took.
+
+    The first inference pays for lazy initialisation (Core ML compiles and places the model on its compute
+    units, NumPy faults in the weights); a request that arrived before this would pay it instead."""
+    started = time.monotonic()
+    silence = np.zeros(int(16000 * WARM_UP_SECONDS), np.float32)
+    engine.transcribe(silence)
+    session = engine.open_stream()
+    session.feed(silence)
+    session.finish()
+    return time.monotonic() - started

@@ -1,0 +1,398 @@
+"""One stream's whole life, shared by every streaming dialect (/stream, /vosk, and whatever comes next).
+
+The controller owns what every dialect needs the same way: admission against DS_MAX_STREAMS, the idle /
+max-duration / send deadlines, drain, feeding audio through the pipeline off the event loop, finals, metrics,
+parking and claiming resumable streams, and how a failure ends a stream without touching the others. A dialect
+(`StreamDialect`) only translates: its client's control messages into calls on the controller, and the
+controller's results into its wire messages. The transport hands over a `Channel` (a websocket, or any other
+framed connection), so this module knows no web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Protocol
+
+from anyio.to_thread import run_sync
+
+from app.service.drain import ServerDraining
+from app.service.metrics import Metrics
+from app.service.resume import ResumableStream, ResumeRefused
+from app.service.services import Services
+from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
+from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
+from app.speech.runtime import InferenceError
+from app.speech.session import StreamSession
+from app.speech.stream_audio import StreamAudio
+
+log = logging.getLogger(__name__)
+
+MAX_CONTROL_CHARS = 64 * 1024  # control messages are a few hundred bytes; anything this big is not one
+
+
+class StreamClose(IntEnum):
+    """How a stream ends, as RFC 6455 close codes (a websocket sends them as they are; other channels map them)."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001  # the server is shutting down
+    INTERNAL_ERROR = 1011  # the server hit an error it cannot go on from
+    TRY_AGAIN_LATER = 1013  # the server is at its stream limit
+
+
+FAILURE_TEXT = {
+    "inference_failed": "the model failed on this stream's audio; the stream is closed (other streams are "
+    "unaffected); open a new one",
+    "internal_error": "an internal error ended this stream (the server logged it); open a new stream",
+}
+
+
+class ChannelClosed(Exception):
+    """The client has gone (the connection closed)."""
+
+
+class Channel(Protocol):
+    """A framed, bidirectional connection to one client: binary audio and JSON text in, JSON objects out."""
+
+    async def accept(self) -> None: ...
+    async def receive(self) -> bytes | str:
+        """The next frame; raises ChannelClosed when the client has gone."""
+        ...
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+    async def close(self, code: int, reason: str = "") -> None: ...
+    def presented_key(self) -> bytes | None:
+        """The API key this connection authenticated with (None when the service is open)."""
+        ...
+
+
+class StreamIdle(TimeoutError):
+    """The client sent nothing for DS_STREAM_IDLE_TIMEOUT seconds."""
+
+
+class StreamTooLong(TimeoutError):
+    """The stream reached DS_STREAM_MAX_SECONDS of audio or of wall-clock time: it gets its final and closes."""
+
+
+class ClientTooSlow(TimeoutError):
+    """The client left the server's messages unread for DS_STREAM_SEND_TIMEOUT seconds (its buffers are full)."""
+
+
+class BadMessage(ValueError):
+    """A text message that is not a JSON object."""
+
+
+@dataclass
+class StreamState:
+    """What a stream works on; parked whole when a resumable stream's connection drops."""
+
+    route: str
+    session: StreamSession
+    audio: StreamAudio | None = None
+    bytes_in: int = 0  # binary bytes received and handled (taken, or refused as a bad frame): the ack count
+
+    def close(self) -> None:
+        if self.audio is not None:
+            self.audio.close()
+
+
+def expire_parked(metrics: Metrics) -> Callable[[StreamState], None]:
+    """What happens to a parked stream nobody came back for: its input is closed, its audio counted."""
+
+    def expire(state: StreamState) -> None:
+        state.close()
+        state.session.close()
+        metrics.observe_stream(state.route, state.session)
+
+    return expire
+
+
+def stream_options(config: dict[str, Any]) -> tuple[dict[str, float] | None, int]:
+    """Hot words (`hot_words` as a mapping or `word:boost,...`, merged with Vosk-style `phrase_list`) and N-best."""
+    raw = config.get("hot_words")
+    hot: dict[str, float] = {}
+    if isinstance(raw, dict):
+        hot.update(raw)
+    elif raw is not None:
+        if isinstance(raw, list) and not all(isinstance(spec, str) for spec in raw):
+            raise DecodeOptionError(
+                "hot_words must be {word: boost}, 'word:boost,...' or a list of such strings"
+            )
+        hot.update(parse_hot_words(raw if isinstance(raw, list) else [str(raw)]) or {})
+    if config.get("phrase_list") is not None:
+        phrases = config["phrase_list"]
+        if not isinstance(phrases, list):
+            raise DecodeOptionError("phrase_list must be a list of phrases")
+        hot = {**phrase_list_hot_words(phrases), **hot}
+    alternatives = config.get("alternatives", 1)
+    return hot or None, alternatives
+
+
+class StreamDialect(Protocol):
+    """One wire protocol's side of a stream: one instance per connection (it may keep per-connection settings)."""
+
+    route: str
+
+    def input_spec(self) -> tuple[str, int]:
+        """The (format, sample rate) audio is read as when the client declared none."""
+        ...
+
+    def error(self, code: str, message: str) -> dict[str, Any]:
+        """An error message in this dialect's shape (`code` is the service's; a dialect may leave it out)."""
+        ...
+
+    def ending_notice(self, code: str, message: str) -> dict[str, Any] | None:
+        """What to send before the final when the server ends the stream (max_duration, server_shutdown)."""
+        ...
+
+    def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]: ...
+    async def on_audio(self, stream: StreamController, data: bytes) -> None: ...
+    async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
+        """Handle one control message; True when the stream is over (the final is sent)."""
+        ...
+
+
+class StreamController:
+    """Drives one stream over `channel` in `dialect`'s words, from admission to the last close."""
+
+    state: StreamState  # from admission on: a refused client never gets a session
+
+    def __init__(self, services: Services, channel: Channel, dialect: StreamDialect) -> None:
+        self.services = services
+        self.settings = services.settings
+        self.channel = channel
+        self.dialect = dialect
+        self.route = dialect.route
+        self.resumable: ResumableStream | None = None
+        self._deadline = 0.0
+        self._parked = False
+
+    @property
+    def session(self) -> StreamSession:
+        return self.state.session
+
+    # --- the life of a stream ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Admit, then take messages until the stream ends; whatever happens, the slot and the state are freed."""
+        if not await self._admit():
+            return
+        self.services.metrics.stream_opened(self.route)
+        try:
+            await self._serve()
+        except ChannelClosed:
+            if self.resumable is not None and not self.session.finished:
+                self.services.resumable.park(self.resumable, self.state)  # the client may come back
+                self._parked = True
+        except StreamIdle as exc:
+            await self._end(self.dialect.error("idle_timeout", str(exc)), StreamClose.NORMAL)
+        except (StreamTooLong, ServerDraining) as exc:
+            await self._end_with_final(exc)
+        except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
+            await self._fail(exc)
+        finally:
+            self._release()
+
+    async def _serve(self) -> None:
+        while True:
+            try:
+                message = await self._receive()
+            except BadMessage as exc:
+                await self.send(self.dialect.error("bad_message", f"not a JSON object: {exc}"))
+                continue
+            if isinstance(message, bytes):
+                await self.dialect.on_audio(self, message)
+            elif await self.dialect.on_control(self, message):
+                await self.channel.close(StreamClose.NORMAL)
+                return
+
+    async def _admit(self) -> bool:
+        """Accept if a stream slot is free, else refuse with 1013 (try again later)."""
+        # Accepted first either way: a close before accept reaches the client as HTTP 403, like a bad API key.
+        await self.channel.accept()
+        if not self.services.admission.open_stream():
+            await self.channel.close(StreamClose.TRY_AGAIN_LATER, "too many open streams; retry shortly")
+            return False
+        self.state = StreamState(self.route, self.services.engine.open_stream())
+        self._deadline = time.monotonic() + self.settings.stream_max_seconds
+        return True
+
+    def _release(self) -> None:
+        self.services.admission.close_stream()
+        if self._parked:
+            self.services.metrics.stream_closed(self.route)  # its audio is counted when it ends for good
+            return
+        if self.resumable is not None:
+            self.services.resumable.forget(self.resumable)
+        self.services.metrics.stream_closed(self.route, self.session)
+        self.session.close()
+        self.state.close()
+
+    async def _end_with_final(self, reason: StreamTooLong | ServerDraining) -> None:
+        too_long = isinstance(reason, StreamTooLong)
+        try:
+            notice = self.dialect.ending_notice("max_duration" if too_long else "server_shutdown", str(reason))
+            if notice is not None:
+                await self.send(notice)
+            transcript, _ = await self.finish()
+            final = self.dialect.final(self, transcript)
+            await self._end(final, StreamClose.NORMAL if too_long else StreamClose.GOING_AWAY)
+        except ChannelClosed:
+            pass
+        except Exception as failure:
+            await self._fail(failure)
+
+    async def _fail(self, exc: Exception) -> None:
+        """A stream that cannot go on: the model failed on it, or a bug. It alone ends (1011); others continue."""
+        if isinstance(exc, ClientTooSlow):
+            log.warning("%s: %s", self.route, exc)
+            self.services.metrics.stream_failed(self.route, "client_too_slow")
+            return
+        code = "inference_failed" if isinstance(exc, InferenceError) else "internal_error"
+        if code == "internal_error":
+            log.exception("%s: the stream failed; it was closed with 1011 (other streams go on)", self.route)
+        else:
+            log.error("%s: the model failed on a stream: %s; it was closed with 1011", self.route, exc)
+        self.services.metrics.stream_failed(self.route, code)
+        await self._end(self.dialect.error(code, FAILURE_TEXT[code]), StreamClose.INTERNAL_ERROR)
+
+    async def _end(self, message: dict[str, Any] | None, code: int) -> None:
+        """Last words and the close, if the client is still there to get them."""
+        with contextlib.suppress(ChannelClosed, ClientTooSlow, RuntimeError):
+            if message is not None:
+                await self.send(message)
+            await asyncio.wait_for(self.channel.close(code), self.settings.stream_send_timeout)
+
+    # --- messages ------------------------------------------------------------------------------------------
+
+    async def _receive(self) -> bytes | dict[str, Any]:
+        """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
+        text). Raises ChannelClosed when the client has gone, BadMessage for text that is not a JSON object,
+        StreamIdle / StreamTooLong at the stream's time limits and ServerDraining when the service shuts down."""
+        idle_timeout = self.settings.stream_idle_timeout
+        remaining = self._deadline - time.monotonic()
+        draining = self.services.drain.event
+        receiving = asyncio.ensure_future(self.channel.receive())
+        shutdown = asyncio.ensure_future(draining.wait())
+        try:
+            await asyncio.wait(
+                {receiving, shutdown},
+                timeout=max(0.0, min(idle_timeout, remaining)),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            shutdown.cancel()
+            if not receiving.done():
+                receiving.cancel()
+        if draining.is_set():  # even with audio waiting: a busy stream must not hold the shutdown up
+            raise ServerDraining("the server is shutting down; this is the stream's final transcript")
+        if not receiving.done() or receiving.cancelled():
+            if remaining <= idle_timeout:
+                raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
+            raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
+        message = receiving.result()
+        if isinstance(message, bytes):
+            return message
+        return parse_control(message)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        """Send with a deadline: a client that stops reading cannot hold a stream (and its slot) forever."""
+        timeout = self.settings.stream_send_timeout
+        try:
+            await asyncio.wait_for(self.channel.send(message), timeout)
+        except TimeoutError:
+            raise ClientTooSlow(
+                f"the client read nothing for {timeout:g} s (DS_STREAM_SEND_TIMEOUT); the stream was dropped"
+            ) from None
+
+    # --- what dialects do with a stream --------------------------------------------------------------------
+
+    def open_audio(self, audio_format: Any = "pcm", sample_rate: Any = SAMPLE_RATE) -> StreamAudio:
+        """The input a client declared (ValueError with a message for the client if the declaration is bad)."""
+        return StreamAudio.open(audio_format, sample_rate, self.settings.stream_max_seconds)
+
+    def use_audio(self, audio: StreamAudio) -> None:
+        """Read the stream's audio with `audio` from now on (the previous input is closed)."""
+        if self.state.audio is not None and self.state.audio is not audio:
+            self.state.audio.close()
+        self.state.audio = audio
+
+    def new_session(self, hot_words: dict[str, float] | None, alternatives: int) -> None:
+        """A fresh session with these decoding options (invalid ones raise DecodeOptionError, a ValueError)."""
+        session = self.services.engine.open_stream(hot_words=hot_words, alternatives=alternatives)
+        self.state.session.close()
+        self.state.session = session
+
+    async def feed(self, data: bytes) -> str | None:
+        """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio,
+        and StreamTooLong once the stream is over its maximum length (before taking more audio)."""
+        audio = self._input()
+        self.state.bytes_in += len(data)
+        limit = self.settings.stream_max_seconds
+        if self.session.audio_seconds >= limit or time.monotonic() >= self._deadline:
+            raise StreamTooLong(
+                f"the stream reached its maximum length of {limit:g} s (DS_STREAM_MAX_SECONDS); this is its final "
+                "transcript; open a new stream to go on"
+            )
+        session = self.session
+        return await run_sync(lambda: session.feed(audio.push(data)))  # one thread hop per frame
+
+    async def finish(self) -> tuple[Transcript, UnsupportedAudio | None]:
+        """Flush the input's tail (resampler, decoder) into the session, then the session's own tail. When the
+        input's tail does not decode, the transcript of what did, and the reason."""
+        session, audio = self.session, self._input()
+        try:
+            await run_sync(session.feed, await run_sync(audio.finish))
+        except UnsupportedAudio as exc:
+            return await run_sync(session.finish), exc
+        return await run_sync(session.finish), None
+
+    async def reset(self, hot_words: dict[str, float] | None, alternatives: int) -> None:
+        """After a final: the stream goes on with fresh state and a fresh input of the same kind."""
+        self.services.metrics.observe_stream(self.route, self.session)  # counted now: the session is replaced
+        self.use_audio(self.open_audio(*self.dialect.input_spec()))
+        self.new_session(hot_words, alternatives)
+
+    def make_resumable(self) -> dict[str, Any]:
+        """Register the stream for resuming: its id, first token and the reconnect window."""
+        registry = self.services.resumable
+        self.resumable, token = registry.register(self.channel.presented_key())
+        return {"stream_id": self.resumable.stream_id, "resume_token": token, "window": registry.window}
+
+    def resume(self, stream_id: Any, token: Any, acked: Any) -> str:
+        """Take a parked stream over (its state replaces this one's); its fresh token. Raises ResumeRefused."""
+        if not isinstance(acked, int) or isinstance(acked, bool) or acked < 0:
+            raise ResumeRefused("resume needs `bytes`: the acknowledged byte count, an integer >= 0")
+        resumable, parked, new_token = self.services.resumable.claim(
+            str(stream_id), str(token), self.channel.presented_key()
+        )
+        self.state.session.close()
+        self.state.close()
+        self.resumable, self.state = resumable, parked
+        return new_token
+
+    def _input(self) -> StreamAudio:
+        if self.state.audio is None:
+            self.state.audio = self.open_audio(*self.dialect.input_spec())
+        return self.state.audio
+
+
+def parse_control(text: str) -> dict[str, Any]:
+    """A control message: a JSON object of bounded size (BadMessage otherwise)."""
+    if len(text) > MAX_CONTROL_CHARS:
+        raise BadMessage(f"a control message of {len(text)} characters; the limit is 64 KB")
+    try:
+        control = json.loads(text)
+    except RecursionError:
+        raise BadMessage("the JSON is nested too deeply") from None
+    except ValueError as exc:
+        raise BadMessage(str(exc)) from None
+    if not isinstance(control, dict):
+        raise BadMessage("a control message is a JSON object")
+    return control
