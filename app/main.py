@@ -8,12 +8,10 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.formparsers import MultiPartParser
 
-from app.routes import health, info, openai, page, stream, transcribe, vosk
+from app.routes import install_routes
 from app.service.services import Services, warm_up
 from app.settings import Settings
 from app.speech.alphabet import AlphabetError
@@ -21,12 +19,8 @@ from app.speech.decoding import ScorerError
 from app.speech.engine import Engine
 from app.speech.model_dir import ModelDirectoryError
 from app.speech.runtime import CoreMLUnavailable
-from app.web.auth import ApiKeyAuth
-from app.web.drain import DrainMiddleware
-from app.web.errors import install_error_handlers
-from app.web.instrumentation import Instrumentation
-from app.web.limits import UploadLimit
-from app.web.logs import configure_logging, redact_api_keys
+from app.web import install_web_layer
+from app.web.logs import configure_logging
 
 log = logging.getLogger("app")
 
@@ -65,37 +59,8 @@ def create_app(
     )
     # The one untyped app.state entry; routes reach it through app/web/deps.py's typed dependencies.
     app.state.services = services
-    # Uploads stay in memory up to the upload cap (they are bounded by it): Starlette would otherwise spool any
-    # file part over 1 MB to a temporary file, and audio must not touch the disk (process-wide class attribute).
-    MultiPartParser.spool_max_size = settings.max_upload_bytes
-    # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
-    # 401s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) -> ApiKeyAuth
-    # (refuses before any body is read) -> UploadLimit -> the routes.
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
-    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    if api_key:
-        app.add_middleware(ApiKeyAuth, api_key=api_key, metrics_public=settings.metrics_public)
-        redact_api_keys()  # uvicorn logs websocket URLs, `?api_key=` included
-    else:
-        log.info("DS_API_KEY is not set: every route is open")
-    app.add_middleware(DrainMiddleware, drain=services.drain)
-    if settings.cors_origins:  # outermost: preflights are answered before auth, errors carry the headers
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type"],
-            max_age=600,
-        )
-    app.add_middleware(Instrumentation, metrics=services.metrics)
-    install_error_handlers(app)
-    app.include_router(transcribe.router)
-    app.include_router(openai.router)
-    app.include_router(stream.router)
-    app.include_router(vosk.router)
-    app.include_router(info.router)
-    app.include_router(health.router)
-    page.install(app)
+    install_web_layer(app, services)
+    install_routes(app)
     return app
 
 

@@ -266,7 +266,8 @@ def tune_lm_weights(
 ) -> tuple[float, float, list[dict]]:
     """Grid-search the scorer's alpha/beta on dev probabilities (beam+LM WER); returns (alpha, beta, grid)."""
     from app.speech.alphabet import ENGLISH
-    from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
+    from app.speech.decoding.beam import BeamDecoder, BeamOptions
+    from app.speech.decoding.lm import Scorer
 
     grid = []
     for alpha in alphas:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from app.speech.alphabet import Alphabet
-from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
+from app.speech.decoding.beam import BeamDecoder, BeamOptions
 from app.speech.decoding.greedy import GreedyStream, greedy_decode
 from app.speech.decoding.hotwords import (
     DEFAULT_BOOST,
@@ -30,6 +30,7 @@ from app.speech.decoding.hotwords import (
     validate_alternatives,
     validate_hot_words,
 )
+from app.speech.decoding.lm import Scorer
 from app.speech.decoding.scorer_file import ScorerError
 from app.speech.decoding.timings import Alternative, Transcript, Word
 
