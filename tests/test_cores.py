@@ -1,6 +1,7 @@
 """One NumPy forward pass spread over several cores (app/speech/runtime/cores.py, the sharded numpy_backend): the same
-probabilities and state as one thread, bit for bit for two shards; the pool is only lent to a pass that runs
-alone; a failing share fails its caller and leaves the pool usable."""
+probabilities and state as one thread, to float32 rounding (a different column split may take another BLAS
+kernel: OPENBLAS_CORETYPE Haswell and Zen differ in the last bits, Sandybridge does not); the pool is only lent to
+a pass that runs alone; a failing share fails its caller and leaves the pool usable."""
 
 from __future__ import annotations
 
@@ -48,9 +49,6 @@ def test_sharded_window_equals_one_thread(weights: dict[str, np.ndarray], thread
     windows, state = _inputs(1, 300)
     ref_probs, ref_state = NumpyAcousticModel(weights, 1000).run_window(windows, state)
     probs, new_state = NumpyAcousticModel(weights, 1000, threads=threads).run_window(windows, state)
-    if threads == 2:  # each gate column is one BLAS reduction whatever the split: identical
-        np.testing.assert_array_equal(probs, ref_probs)
-        np.testing.assert_array_equal(new_state.h, ref_state.h)
     np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new_state.c, ref_state.c, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(new_state.h, ref_state.h, rtol=1e-5, atol=1e-6)
@@ -66,11 +64,12 @@ def test_sharded_batched_chunks_equal_one_thread(weights: dict[str, np.ndarray])
     reference = NumpyAcousticModel(weights, 1000).run_chunks(requests)
     got = NumpyAcousticModel(weights, 1000, threads=2).run_chunks(requests)
     for (probs, state), (ref_probs, ref_state) in zip(got, reference, strict=True):
-        np.testing.assert_array_equal(probs, ref_probs)
-        np.testing.assert_array_equal(state.c, ref_state.c)
+        np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(state.c, ref_state.c, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(state.h, ref_state.h, rtol=1e-5, atol=1e-6)
 
 
-def test_concurrent_passes_share_out_the_cores_and_stay_exact(weights: dict[str, np.ndarray]) -> None:
+def test_concurrent_passes_share_out_the_cores_and_agree(weights: dict[str, np.ndarray]) -> None:
     """Four passes at once: at most one holds the pool at a time, the others run in their own thread (or stop
     using the pool mid-pass when they see company); all give the one-thread answer."""
     model = NumpyAcousticModel(weights, 1000, threads=2)
@@ -91,7 +90,7 @@ def test_concurrent_passes_share_out_the_cores_and_stay_exact(weights: dict[str,
         thread.join(60)
     assert sorted(got) == list(range(len(inputs)))
     for k, probs in got.items():
-        np.testing.assert_array_equal(probs, expected[k])
+        np.testing.assert_allclose(probs, expected[k], rtol=1e-5, atol=1e-6)
     assert CORES.in_flight == 0
 
 
