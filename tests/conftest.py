@@ -12,7 +12,9 @@ os.environ.setdefault(
     "OPENBLAS_NUM_THREADS", "1"
 )  # as the service runs (app/__init__.py), before NumPy loads
 
-SMALL_WIDTH = 48
+pytest.register_assert_rewrite("tests.support")  # the shared helpers' asserts explain themselves as tests' do
+from tests.support.audio import pcm16, speak  # noqa: E402
+from tests.support.models import SMALL_WIDTH  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -51,26 +53,6 @@ def small_model_dir(
     return out
 
 
-def speak(text: str, out: Path, voice: str = "en-us", speed: int = 160) -> Path:
-    """Real speech from espeak-ng, resampled to 16 kHz mono s16 WAV with soxr (what a client would upload)."""
-    import shutil
-    import subprocess
-
-    import numpy as np
-    import soundfile
-    import soxr
-
-    if shutil.which("espeak-ng") is None:
-        pytest.skip("espeak-ng is not installed (make test installs it: apt-get install espeak-ng)")
-    raw = out.with_suffix(".raw.wav")
-    subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(raw), text], check=True)
-    samples, rate = soundfile.read(raw, dtype="float32")
-    resampled = np.clip(soxr.resample(samples, rate, 16000), -1.0, 1.0)
-    soundfile.write(out, resampled, 16000, subtype="PCM_16")
-    raw.unlink()
-    return out
-
-
 @pytest.fixture(scope="session")
 def speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return speak(
@@ -85,15 +67,6 @@ def other_speech_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
         tmp_path_factory.mktemp("speech") / "b.wav",
         voice="en-gb",
     )
-
-
-def pcm16(path: Path) -> bytes:
-    """A 16 kHz WAV's samples as the s16le PCM a websocket client sends."""
-    import soundfile
-
-    samples, rate = soundfile.read(path, dtype="int16")
-    assert rate == 16000
-    return samples.tobytes()
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,9 @@ health answering while every worker is busy, a stream limit (close 1013) and the
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -16,28 +14,7 @@ from starlette.websockets import WebSocketDisconnect
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
-
-
-class BlockingEngine(Engine):
-    """The real engine, except that each transcription waits for the test to release it."""
-
-    def __init__(self, engine: Engine) -> None:
-        super().__init__(engine.model_dir, engine.model, engine.decoder)
-        self.release = threading.Event()
-        self.started = 0
-
-    def transcribe(self, samples: np.ndarray, **options):  # type: ignore[no-untyped-def, override]
-        self.started += 1
-        assert self.release.wait(30), "the test never released the transcription"
-        return super().transcribe(samples, **options)
-
-
-async def wait_for(condition, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+from tests.support.engines import BlockingEngine, wait_for
 
 
 @pytest.mark.parametrize("route", ["/transcribe", "/v1/audio/transcriptions"])
@@ -47,7 +24,7 @@ async def test_full_queue_answers_503_and_health_still_answers(
     blocking = BlockingEngine(small_engine)
     settings = Settings(model_dir=small_model_dir, workers=1, queue_length=1)
     app = create_app(settings, blocking)
-    admission = app.state.admission
+    admission = app.state.services.admission
     files = {"file": ("a.wav", speech_wav.read_bytes(), "audio/wav")}
     data = {"model": "default"} if route.startswith("/v1") else None
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
@@ -84,7 +61,7 @@ def test_stream_limit_refuses_with_1013_and_frees_the_slot(
         with client.websocket_connect("/stream") as again:  # the slot was given back
             again.send_text('{"type": "eof"}')
             assert again.receive_json()["type"] == "final"
-        assert app.state.admission.active_streams == 0
+        assert app.state.services.admission.active_streams == 0
 
 
 def test_idle_stream_is_closed_with_a_reason(small_engine: Engine, small_model_dir: Path) -> None:
@@ -97,4 +74,4 @@ def test_idle_stream_is_closed_with_a_reason(small_engine: Engine, small_model_d
         assert message["code"] == "idle_timeout" and "DS_STREAM_IDLE_TIMEOUT" in message["message"]
         with pytest.raises(WebSocketDisconnect):
             ws.receive_json()
-    assert app.state.admission.active_streams == 0
+    assert app.state.services.admission.active_streams == 0

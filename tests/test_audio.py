@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 
-import av
 import numpy as np
 import pytest
 import soundfile
 
 from app.speech.audio import AudioTooLong, EmptyAudio, UnsupportedAudio, decode_audio
+from tests.support.audio import with_pyav
 
 TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)  # 2 s at 16 kHz
 
@@ -17,23 +17,6 @@ TONE = (0.5 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.floa
 def with_soundfile(samples: np.ndarray, rate: int, fmt: str, subtype: str) -> bytes:
     buffer = io.BytesIO()
     soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
-    return buffer.getvalue()
-
-
-def with_pyav(samples: np.ndarray, rate: int, container: str, codec: str) -> bytes:
-    """Encode like a phone (m4a/AAC) or a browser's MediaRecorder (webm/Opus) would."""
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        frame_size = 960 if codec == "libopus" else 1024
-        for start in range(0, len(samples), frame_size):
-            block = samples[start : start + frame_size]
-            frame = av.AudioFrame.from_ndarray(block[None, :], format="flt", layout="mono")
-            frame.sample_rate = rate
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
     return buffer.getvalue()
 
 

@@ -17,11 +17,11 @@ from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
 from app.main import create_app
-from app.metrics import RedactApiKey, redact_api_keys
 from app.settings import Settings
 from app.speech.engine import Engine
 from app.web.auth import MESSAGE, WEBSOCKET_POLICY_VIOLATION, ApiKeyAuth, bearer_token, is_public
-from tests.conftest import pcm16
+from app.web.logs import RedactApiKey, redact_api_keys
+from tests.support.audio import pcm16
 
 KEY = "s3cret-key-0123456789"
 GOOD = {"Authorization": f"Bearer {KEY}"}

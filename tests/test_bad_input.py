@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import io
 import json
 import logging
-import re
 import struct
 import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import soundfile
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
@@ -36,25 +32,15 @@ from app.main import create_app
 from app.settings import Settings
 from app.speech.audio import SAMPLE_RATE, AudioTooLong, decode_audio
 from app.speech.engine import Engine
-
-from .test_server_e2e import running_server
+from tests.support.audio import encode, tone
+from tests.support.files import FLAC, OPUS, VORBIS, WAV
+from tests.support.protocol import Message, assert_no_leak, converse
+from tests.support.server import running_server
 
 MAX_AUDIO_SECONDS = 60.0  # the duration cap of the app under test: the bombs below decode to hours
 ROUTES = ("/transcribe", "/v1/audio/transcriptions")
 
 # --- building good, odd and lying files ----------------------------------------------------------------------
-
-
-def encode(samples: np.ndarray, rate: int, fmt: str = "WAV", subtype: str = "PCM_16") -> bytes:
-    buffer = io.BytesIO()
-    soundfile.write(buffer, samples, rate, format=fmt, subtype=subtype)
-    return buffer.getvalue()
-
-
-def tone(rate: int, seconds: float = 1.0, channels: int = 1) -> np.ndarray:
-    t = np.arange(int(rate * seconds)) / rate
-    mono = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    return mono if channels == 1 else np.stack([mono] * channels, axis=1)
 
 
 def square(rate: int = SAMPLE_RATE, seconds: float = 1.0) -> np.ndarray:
@@ -68,12 +54,11 @@ def patch(data: bytes, offset: int, fmt: str, value: int) -> bytes:
     return bytes(out)
 
 
-WAV = encode(tone(SAMPLE_RATE), SAMPLE_RATE)  # canonical 44-byte header
+# The reference files (tests/support/files.py): WAV has the canonical 44-byte header.
 assert WAV[12:16] == b"fmt " and WAV[36:40] == b"data", "soundfile's WAV header layout changed"
 # WAV header fields: fmt chunk size @16, format tag @20, channels @22, rate @24, byte rate @28, block align @32,
 # bits per sample @34, data size @40; RIFF size @4.
 
-FLAC = encode(tone(SAMPLE_RATE), SAMPLE_RATE, "FLAC")
 assert FLAC[:4] == b"fLaC" and FLAC[4] & 0x7F == 0, "STREAMINFO must be the first metadata block"
 
 
@@ -152,10 +137,8 @@ def ogg_page(packets: list[bytes], sequence: int, granule: int, flags: int = 0) 
     return ogg_fix_crcs(header + b"".join(packets))
 
 
-VORBIS = encode(tone(SAMPLE_RATE, 3.0), SAMPLE_RATE, "OGG", "VORBIS")
 VORBIS_HEADER = 27 + VORBIS[26]  # the identification packet: 0x01 "vorbis" version(4) channels(1) rate(4)
 assert VORBIS[VORBIS_HEADER : VORBIS_HEADER + 7] == b"\x01vorbis"
-OPUS = encode(tone(48000, 3.0), 48000, "OGG", "OPUS")
 OPUS_HEAD = 27 + OPUS[26]  # "OpusHead" version(1) channels(1) pre-skip(2) rate(4) gain(2) mapping(1)
 assert OPUS[OPUS_HEAD : OPUS_HEAD + 8] == b"OpusHead"
 VORBIS_PAGES = ogg_pages(VORBIS)
@@ -318,16 +301,6 @@ CASES: dict[str, tuple[bytes, int]] = {
     "flac-bomb-18h-1hz": (flac_bomb(1, 18 * 3600), 413),
     "flac-bomb-1h-192k": (flac_bomb(192000, 3600), 413),
 }
-
-# Message text or file paths (the server's own) must never reach a client; nor must a traceback.
-LEAK = re.compile(
-    r"Traceback|File \"|\.py\b|site-packages|(?:^|[\s'\"(])/(?:tmp|home|work|usr|root|opt|var)/"
-)
-
-
-def assert_no_leak(text: str) -> None:
-    assert not LEAK.search(text), text[:500]
-
 
 def check_upload(route: str, response: httpx.Response, expected: int) -> None:
     assert response.status_code == expected, response.text[:500]
@@ -505,28 +478,6 @@ def test_a_real_server_survives_every_bad_upload(small_model_dir: Path) -> None:
 
 PCM = (tone(SAMPLE_RATE) * 32767).astype("<i2").tobytes()  # 1 s of s16le at 16 kHz
 STREAM_EOF, VOSK_EOF = '{"type": "eof"}', '{"eof": 1}'
-Message = str | bytes
-
-
-def converse(
-    client: TestClient, path: str, messages: list[Message], end: str
-) -> tuple[list[dict[str, Any]], int]:
-    """Send each message (text or binary), then `end`; every reply until the server closes, and the close code.
-    Never waits for a reply that might not come: the end message always gets one, then the close."""
-    replies = []
-    with client.websocket_connect(path) as ws:
-        for message in messages:
-            if isinstance(message, bytes):
-                ws.send_bytes(message)
-            else:
-                ws.send_text(message)
-        ws.send_text(end)
-        while True:
-            reply = ws.receive()
-            if reply["type"] == "websocket.close":
-                return replies, reply.get("code", 1000)
-            assert_no_leak(reply.get("text") or "")
-            replies.append(json.loads(reply["text"]))
 
 
 def nested(depth: int) -> str:

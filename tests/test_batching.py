@@ -86,12 +86,11 @@ def test_run_chunks_matches_the_tensorflow_static_graph(small_model_dir: Path) -
     pytest.importorskip("tensorflow")
     from app.speech import model_dir as md
     from app.speech.runtime import load_acoustic_model
-
-    from .conftest import SMALL_WIDTH
-    from .test_runtime import _frozen, run_graph
+    from dsconvert.graph import run_graph
+    from tests.support.models import SMALL_WIDTH, frozen_graph
 
     model = load_acoustic_model(md.load_model_directory(small_model_dir), "numpy")
-    graph = _frozen(small_model_dir, md.STATIC_GRAPH, 16)
+    graph = frozen_graph(small_model_dir, md.STATIC_GRAPH, 16)
     requests = _requests(np.random.default_rng(12), SMALL_WIDTH, [16, 4, 16, 9, 1])
     for (windows, length, state), (probs, new_state) in zip(
         requests, model.run_chunks(requests), strict=True
@@ -445,8 +444,7 @@ def test_concurrent_sessions_transcribe_as_sequential_ones(tmp_path: Path) -> No
     from app.speech.decoding import build_decoder
     from app.speech.engine import Engine
     from app.speech.runtime import load_acoustic_model
-
-    from .conftest import speak
+    from tests.support.audio import speak
 
     model_dir = _default_model_or_skip()
     model = load_acoustic_model(model_dir, "numpy")

@@ -84,7 +84,7 @@ def test_tiny_bench_writes_every_headline(bench: ModuleType, tmp_path: Path) -> 
 
 def test_tiny_native_client(bench: ModuleType, tmp_path: Path) -> None:
     needs_audio_and_model()
-    from tests.native_client import DEFAULT_VENV, MARKER, ensure_native_client
+    from tests.support.native_client import DEFAULT_VENV, MARKER, ensure_native_client
 
     if not (DEFAULT_VENV / MARKER).exists():
         pytest.skip(

@@ -11,9 +11,8 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-
-from .conftest import pcm16
-from .test_service import VOCABULARY_TEXT
+from tests.support.audio import pcm16
+from tests.support.lm import VOCABULARY_TEXT
 
 
 @pytest.fixture(scope="module")

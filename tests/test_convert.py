@@ -18,8 +18,7 @@ ct = pytest.importorskip("coremltools")
 
 from dsconvert.checkpoint_writer import write_checkpoint  # noqa: E402
 from dsconvert.weights import WEIGHT_NAMES, DeepSpeechWeights, random_weights  # noqa: E402
-
-from .conftest import SMALL_WIDTH  # noqa: E402
+from tests.support.models import SMALL_WIDTH  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CONVERT = [sys.executable, str(ROOT / "scripts" / "convert.py")]

@@ -15,32 +15,14 @@ import numpy as np
 import pytest
 
 from app.speech.alphabet import ENGLISH
-from app.speech.decoding.beam import BeamDecoder, BeamOptions, Scorer
+from app.speech.decoding.beam import BeamDecoder, BeamOptions
 from app.speech.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
+from app.speech.decoding.lm import Scorer
 from app.speech.decoding.timings import CharToken, Transcript, Word, words_from_tokens
-from tests.test_scorer import CorpusLM, build_corpus_lm
+from tests.support.frames import BLANK, clear, frames
+from tests.support.lm import CorpusLM, build_corpus_lm
 
 A = ENGLISH
-BLANK = "_"
-
-
-def frames(spec: list[dict[str, float]]) -> np.ndarray:
-    """(T, 29) probabilities: each frame names some classes' mass; the rest is spread evenly."""
-    rows = np.zeros((len(spec), A.n_classes))
-    for t, frame in enumerate(spec):
-        for label, p in frame.items():
-            rows[t, A.blank_index if label == BLANK else A.labels.index(label)] = p
-        free = rows[t] == 0
-        rows[t, free] = (1.0 - rows[t].sum()) / free.sum()
-    return rows.astype(np.float32)
-
-
-def clear(text: str, p: float = 0.9) -> list[dict[str, float]]:
-    """A clean utterance: each character on one frame, a blank frame after it."""
-    spec: list[dict[str, float]] = [{BLANK: 0.95}]
-    for ch in text:
-        spec += [{ch: p}, {BLANK: 0.95}]
-    return spec
 
 
 def noisy_utterance(text: str, seed: int, peak: float = 6.0) -> np.ndarray:

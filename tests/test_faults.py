@@ -26,8 +26,8 @@ from app.speech.engine import Engine
 from app.speech.runtime import AcousticModel, InferenceError, LstmState
 from app.speech.session import StreamSession
 from dsconvert.lm.build_scorer import build_scorer
-from tests.test_metrics import scrape, value
-from tests.test_server_e2e import ROOT
+from tests.support.metrics import scrape, value
+from tests.support.server import ROOT
 
 # --- a backend that fails mid-stream --------------------------------------------------------------------------
 
@@ -113,7 +113,7 @@ def test_a_backend_failure_ends_that_stream_only_and_is_counted(
         assert final["text"] == reference["text"]
         metrics = scrape(client)
     assert value(metrics, "ds_stream_errors_total", route=route, code="inference_failed") == 1
-    assert value(metrics, "ds_active_streams", route=route) == 0 and app.state.admission.active_streams == 0
+    assert value(metrics, "ds_active_streams", route=route) == 0 and app.state.services.admission.active_streams == 0
 
 
 # --- a client that never reads --------------------------------------------------------------------------------
@@ -160,9 +160,9 @@ async def test_a_client_that_never_reads_is_dropped_and_frees_its_slot(
                 ws.send_bytes(speech_pcm[start : start + 3200])
             assert ws.receive_json()["type"] in ("ack", "partial")
             deadline = time.monotonic() + 30
-            while app.state.admission.active_streams and time.monotonic() < deadline:
+            while app.state.services.admission.active_streams and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            assert app.state.admission.active_streams == 0, "the stalled stream still holds its slot"
+            assert app.state.services.admission.active_streams == 0, "the stalled stream still holds its slot"
             assert stalled.stalled == 1
             metrics = scrape(await http.get("/metrics"))
             assert value(metrics, "ds_stream_errors_total", route="/stream", code="client_too_slow") == 1

@@ -41,9 +41,9 @@ from app.settings import Settings
 from app.speech.audio import SAMPLE_RATE, AudioError, decode_audio
 from app.speech.engine import Engine
 from app.speech.stream_audio import StreamAudio
-
-from .test_audio import with_pyav
-from .test_bad_input import FLAC, OPUS, VORBIS, WAV, assert_no_leak, converse, encode, tone
+from tests.support.audio import encode, tone, with_pyav
+from tests.support.files import FLAC, OPUS, VORBIS, WAV
+from tests.support.protocol import assert_no_leak, converse
 
 BOUNDED = settings(
     max_examples=100,

@@ -31,13 +31,14 @@ from app.speech.decoding import (
     parse_hot_words,
     phrase_list_hot_words,
 )
-from app.speech.decoding.beam import LN10, BeamDecoder, BeamOptions, HotWordLM, Scorer
+from app.speech.decoding.beam import BeamDecoder, BeamOptions
 from app.speech.decoding.hotwords import validate_hot_words
+from app.speech.decoding.lm import LN10, HotWordLM, Scorer
 from app.speech.engine import Engine
 from app.speech.runtime import STATIC_STEPS, AcousticModel, LstmState
 from dsconvert.lm.build_scorer import main as build_scorer_main
-from tests.test_decoding import BLANK, clear, frames
-from tests.test_scorer import ALPHABET_TXT
+from tests.support.frames import BLANK, clear, frames
+from tests.support.lm import ALPHABET_TXT
 
 A = ENGLISH
 

@@ -15,15 +15,16 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.metrics import JsonFormatter, Metrics
-from app.routes import health
+from app.service.metrics import Metrics
+from app.service.services import warm_up
 from app.settings import Settings
 from app.speech.audio import decode_audio
 from app.speech.engine import Engine
-from tests.conftest import pcm16
+from app.web.logs import JsonFormatter
+from tests.support.audio import pcm16
+from tests.support.metrics import scrape, value
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +48,6 @@ def wav(speech_wav: Path) -> bytes:
     return speech_wav.read_bytes()
 
 
-def scrape(client: TestClient | httpx.Response) -> dict[tuple[str, frozenset], float]:
-    """Every sample of /metrics as {(sample name, labels): value}, parsed by prometheus_client's own parser."""
-    response = client if isinstance(client, httpx.Response) else client.get("/metrics")
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 # --- /health and /ready -------------------------------------------------------------------------------------
 
 
@@ -79,9 +64,9 @@ async def test_ready_503_before_warm_up_then_200(settings: Settings, engine: Eng
         assert response.headers["retry-after"] == "1"
         assert (await http.get("/health")).status_code == 200  # alive all the same
         assert value(scrape(await http.get("/metrics")), "ds_ready") == 0
-        seconds = health.warm_up(engine)
+        seconds = warm_up(engine)
         assert seconds > 0
-        health.mark_ready(app, seconds)
+        app.state.services.mark_ready(seconds)
         response = await http.get("/ready")
         assert response.status_code == 200 and response.json() == {"status": "ready"}
         samples = scrape(await http.get("/metrics"))
@@ -117,7 +102,7 @@ def test_warm_up_runs_both_paths(engine: Engine) -> None:
             return engine.open_stream()
 
     spy = Spy()
-    health.warm_up(spy)
+    warm_up(spy)  # type: ignore[arg-type]
     assert spy.calls == ["transcribe 16000", "open_stream"]
 
 

@@ -10,8 +10,8 @@ batch exactly as `deepspeech.cc` streams, decoded by the very ctcdecode beam sea
 so any difference is the network or the streaming; the bound is exact equality of text and of every token's
 timestep.
 
-The client lives in a cached throwaway Python 3.9 venv (tests/native_client.py); the tests skip, saying why,
-where no Python <= 3.9 or no wheel is available.
+The client lives in a cached throwaway Python 3.9 venv (tests/support/native_client.py); the tests skip, saying
+why, where no Python <= 3.9 or no wheel is available.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.native_client import NativeClient, ensure_native_client
+from tests.support.native_client import NativeClient, ensure_native_client
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -19,8 +19,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.routes import openai as openai_routes
 from app.service import subtitles
+from app.service.incremental import transcript_events
 from app.settings import Settings
 from app.speech.alphabet import ENGLISH
 from app.speech.audio import decode_audio
@@ -280,7 +280,7 @@ class CountingModel:
 async def _events_with_model_calls(engine: Engine, samples: np.ndarray) -> list[tuple[dict, int]]:
     counting = CountingModel(engine.model)
     counted = Engine(engine.model_dir, counting, engine.decoder)
-    return [(event, counting.calls) async for event in openai_routes.transcript_events(counted, samples)]
+    return [(event, counting.calls) async for event in transcript_events(counted, samples)]
 
 
 async def test_deltas_are_sent_before_the_model_has_seen_all_the_audio(

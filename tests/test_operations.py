@@ -24,9 +24,9 @@ from websockets.sync.client import connect
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
-from tests.test_admission import BlockingEngine, wait_for
-from tests.test_metrics import scrape, value
-from tests.test_server_e2e import ROOT, free_port, running_server, start_server
+from tests.support.engines import BlockingEngine, wait_for
+from tests.support.metrics import scrape, value
+from tests.support.server import ROOT, free_port, running_server, start_server
 
 # --- DS_STREAM_MAX_SECONDS ----------------------------------------------------------------------------------
 
@@ -50,7 +50,7 @@ def test_stream_over_its_audio_limit_gets_its_final_and_closes(
     final = messages[-1]
     assert final["type"] == "final"
     assert 0.5 <= final["duration"] <= 0.6  # nothing after the limit was taken
-    assert app.state.admission.active_streams == 0
+    assert app.state.services.admission.active_streams == 0
 
 
 def test_stream_open_too_long_is_ended_even_when_silent(small_engine: Engine, small_model_dir: Path) -> None:
@@ -64,7 +64,7 @@ def test_stream_open_too_long_is_ended_even_when_silent(small_engine: Engine, sm
         assert time.monotonic() - started < 10  # ended by the 0.3 s limit, not the 30 s idle timeout
         with pytest.raises(WebSocketDisconnect):
             ws.receive_json()
-    assert app.state.admission.active_streams == 0
+    assert app.state.services.admission.active_streams == 0
 
 
 # --- the streamed OpenAI route and the worker limit ---------------------------------------------------------
@@ -98,7 +98,7 @@ async def test_streamed_openai_route_waits_its_turn_and_counts_audio(
     duration = soundfile.info(speech_wav).duration
     assert value(metrics, "ds_audio_seconds_total", route=route) == pytest.approx(duration, abs=0.01)
     assert value(metrics, "ds_real_time_factor_count", route=route) == 1
-    assert value(metrics, "ds_workers_busy") == 0 and app.state.admission.queued == 0
+    assert value(metrics, "ds_workers_busy") == 0 and app.state.services.admission.queued == 0
 
 
 # --- CORS -------------------------------------------------------------------------------------------------------

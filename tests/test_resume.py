@@ -16,8 +16,8 @@ import soundfile
 from websockets.sync.client import ClientConnection, connect
 
 from app.service.resume import ResumableStreams, ResumeRefused
-from tests.conftest import speak
-from tests.test_server_e2e import running_server
+from tests.support.audio import speak
+from tests.support.server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 FRAME = 6400  # 0.2 s of 16 kHz s16le

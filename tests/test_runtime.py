@@ -11,17 +11,10 @@ from app.speech import model_dir as md
 from app.speech.runtime import STATIC_STEPS, CoreMLUnavailable, LstmState, load_acoustic_model, pad_chunk
 from app.speech.runtime.coreml_backend import CoreMLAcousticModel
 from app.speech.runtime.numpy_backend import NumpyAcousticModel
-
-from .conftest import SMALL_WIDTH
+from tests.support.models import SMALL_WIDTH, frozen_graph
 
 tf = pytest.importorskip("tensorflow")
-from dsconvert.graph import FrozenGraph, run_graph  # noqa: E402
-
-
-def _frozen(model_dir: Path, name: str, n_steps: int | None) -> FrozenGraph:
-    graph_def = tf.compat.v1.GraphDef()
-    graph_def.ParseFromString((model_dir / name).read_bytes())
-    return FrozenGraph(graph_def, n_steps)
+from dsconvert.graph import run_graph  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,7 @@ def test_numpy_static_chunk_matches_tensorflow(small_model_dir: Path, numpy_mode
     windows, _ = pad_chunk(rng.normal(0, 3, (length, 19, 26)).astype(np.float32))
     state = _random_state(rng)
     reference = run_graph(
-        _frozen(small_model_dir, md.STATIC_GRAPH, 16),
+        frozen_graph(small_model_dir, md.STATIC_GRAPH, 16),
         windows[None],
         np.array([length], np.int32),
         state.c,
@@ -59,7 +52,7 @@ def test_numpy_dynamic_window_matches_tensorflow(small_model_dir: Path, numpy_mo
     windows = rng.normal(0, 3, (73, 19, 26)).astype(np.float32)
     state = _random_state(rng)
     reference = run_graph(
-        _frozen(small_model_dir, md.DYNAMIC_GRAPH, None),
+        frozen_graph(small_model_dir, md.DYNAMIC_GRAPH, None),
         windows[None],
         np.array([73], np.int32),
         state.c,

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,55 +28,8 @@ from app.speech.decoding.scorer_file import (
 )
 from dsconvert.lm import arpa as arpa_mod
 from dsconvert.lm.build_scorer import DEFAULT_ALPHA, DEFAULT_BETA
-from dsconvert.lm.build_scorer import main as build_scorer_main
-from dsconvert.lm.kenlm_build import KenLMBuildError, build_binary, ensure_build_binary
-
-# A small real corpus: English sentences, one per line, mixed case and a few words the alphabet cannot spell.
-CORPUS = """\
-Hello world
-hello world again
-The world is big and the sea is blue
-Hello there my old friend
-say hello to the world
-A word is not a world
-the whole world was watching
-he held the word he had given
-help the world
-World peace is a big word
-hello big world
-we sail the blue sea at dawn
-the old man and the sea
-don't say a word
-a naïve café owner said hello
-x-ray vision is not a word
-""".splitlines()
-
-ALPHABET_TXT = "# DeepSpeech English alphabet\n \n" + "\n".join("abcdefghijklmnopqrstuvwxyz'") + "\n"
-
-
-@dataclass(frozen=True)
-class CorpusLM:
-    """Artifacts of one pass of the tooling over CORPUS."""
-
-    corpus: Path
-    alphabet: Path
-    arpa: Path
-    binary: Path
-    scorer: Path
-
-
-def build_corpus_lm(directory: Path) -> CorpusLM:
-    """Corpus -> ARPA -> KenLM binary (our tooling) and corpus -> .scorer (the CLI). Shared with test_decoding."""
-    corpus = directory / "corpus.txt"
-    corpus.write_text("\n".join(CORPUS) + "\n", encoding="utf-8")
-    alphabet = directory / "alphabet.txt"
-    alphabet.write_text(ALPHABET_TXT, encoding="utf-8")
-    arpa = directory / "lm.arpa"
-    arpa_mod.arpa_from_text(corpus, arpa, order=3)
-    binary = build_binary(arpa, directory / "lm.binary")
-    scorer = directory / "lm.scorer"
-    assert build_scorer_main(["--text", str(corpus), "--alphabet", str(alphabet), "--out", str(scorer)]) == 0
-    return CorpusLM(corpus, alphabet, arpa, binary, scorer)
+from dsconvert.lm.kenlm_build import KenLMBuildError, ensure_build_binary
+from tests.support.lm import CORPUS, CorpusLM, build_corpus_lm
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from websockets.sync.client import connect
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
-from tests.conftest import speak
-from tests.test_server_e2e import running_server
+from tests.support.audio import speak
+from tests.support.server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 

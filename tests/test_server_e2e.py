@@ -3,14 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -18,70 +11,7 @@ import pytest
 import soundfile
 from websockets.sync.client import connect
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(env: dict[str, str], port: int, log: Path | None = None) -> subprocess.Popen[str]:
-    """`python -m app`, as `make serve` and the launchd job run it: host and port from DS_HOST/DS_PORT. Its
-    output goes to `log` if given (a pipe nobody reads would fill up and block the server), else to a pipe."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "app"],
-        cwd=ROOT,
-        env={**os.environ, "DS_HOST": "127.0.0.1", "DS_PORT": str(port), **env},
-        stdout=log.open("w") if log is not None else subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-class ServerUrl(str):
-    """The base URL of a running server, with its process id and the file its log goes to."""
-
-    log: Path
-    pid: int
-
-    @property
-    def ws(self) -> str:
-        return self.replace("http://", "ws://", 1)
-
-
-@contextmanager
-def running_server(env: dict[str, str]) -> Iterator[ServerUrl]:
-    """A real server on a free loopback port, up once /health answers; stopped on exit."""
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
-    process = start_server(env, port, log)
-    base = ServerUrl(f"http://127.0.0.1:{port}")
-    base.log, base.pid = log, process.pid
-    deadline = time.monotonic() + 60
-    try:
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        else:
-            process.kill()
-            pytest.fail(f"server did not come up in 60 s: {log.read_text()}")
-        yield base
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        log.unlink(missing_ok=True)
+from tests.support.server import free_port, running_server, start_server
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,9 @@ from app.speech.decoding.greedy import greedy_decode
 from app.speech.engine import Engine
 from app.speech.features import features_for_file, frame_count
 from app.speech.runtime import LstmState
-from tests.conftest import pcm16
+from tests.support.audio import pcm16
+from tests.support.lm import VOCABULARY_TEXT
+from tests.support.protocol import stream_pcm
 
 
 @pytest.fixture(scope="module")
@@ -39,23 +41,6 @@ def engine(settings: Settings) -> Engine:
 def client(settings: Settings, engine: Engine) -> Iterator[TestClient]:
     with TestClient(create_app(settings, engine)) as test_client:
         yield test_client
-
-
-def stream_pcm(client: TestClient, pcm: bytes, chunk: int = 3200, config: dict | None = None) -> list[dict]:
-    """Speak the /stream protocol; returns every server message (partials, errors, the final last)."""
-    messages = []
-    with client.websocket_connect("/stream") as ws:
-        if config is not None:
-            ws.send_text(json.dumps(config))
-        for start in range(0, len(pcm), chunk):
-            ws.send_bytes(pcm[start : start + chunk])
-        ws.send_text(json.dumps({"type": "eof"}))
-        while True:
-            message = ws.receive_json()
-            messages.append(message)
-            if message["type"] == "final":
-                break
-    return messages
 
 
 # --- POST /transcribe ----------------------------------------------------------------------------------------
@@ -313,14 +298,6 @@ def test_stream_with_no_audio_gives_an_empty_final(client: TestClient) -> None:
 
 
 # --- with a KenLM scorer built by the project's tooling ------------------------------------------------------
-
-VOCABULARY_TEXT = """turn on the kitchen lights
-turn off the lights in the living room
-play some music in the kitchen
-what is the weather like today
-set a timer for ten minutes
-"""
-
 
 @pytest.fixture(scope="module")
 def scorer_client(tmp_path_factory: pytest.TempPathFactory, small_model_dir: Path) -> Iterator[TestClient]:

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from tests.conftest import speak
-from tests.load_client import (
+from tests.support.audio import speak
+from tests.support.load_client import (
     LoadRun,
     ProcessUsage,
     Server,
@@ -38,8 +38,8 @@ from tests.load_client import (
     summary,
     usage,
 )
-from tests.test_metrics import scrape, value
-from tests.test_server_e2e import ROOT
+from tests.support.metrics import scrape, value
+from tests.support.server import ROOT
 
 MODEL_DIR = (
     ROOT / "models" / "default"

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from app.speech.alphabet import ENGLISH
-from app.speech.decoding.beam import BeamDecoder, BeamOptions, BeamStream, Scorer
+from app.speech.decoding.beam import BeamDecoder, BeamOptions, BeamStream
 from app.speech.decoding.greedy import GreedyStream, ctc_collapse, greedy_decode
+from app.speech.decoding.lm import Scorer
 from app.speech.decoding.timings import CharToken, Transcript, transcript_from_tokens
 
 A = ENGLISH

@@ -15,10 +15,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
-
-from .conftest import pcm16
-from .test_audio import with_pyav
-from .test_service import stream_pcm
+from tests.support.audio import pcm16, with_pyav
+from tests.support.protocol import stream_pcm
 
 
 @pytest.fixture(scope="module")

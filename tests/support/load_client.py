@@ -1,5 +1,5 @@
 """Load-test helpers: many asyncio /stream clients paced at real time, and /proc readings of the server (RSS,
-open file descriptors, threads). The server is `tests.test_server_e2e.running_server` (`python -m app`, its log
+open file descriptors, threads). The server is `tests.support.server.running_server` (`python -m app`, its log
 in a file, its pid at hand)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.test_server_e2e import ServerUrl, running_server
+from tests.support.server import ServerUrl, running_server
 
 TRY_AGAIN_LATER = 1013  # the stream limit's close code (app/routes/stream.py)
 PROBLEM_WORDS = ("Traceback", "ERROR", "CRITICAL", "WARNING", "Exception")

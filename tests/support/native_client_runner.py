@@ -1,9 +1,9 @@
 """Runs INSIDE the throwaway Python <= 3.9 venv that holds the official `deepspeech==0.9.3` wheel.
 
 Not imported by the service or by the tests (it cannot be: it needs the 0.9.3 wheels, which exist only for
-CPython 3.5-3.9). `tests/native_client.py` starts it as a subprocess and reads the one JSON object it prints as
-the last line of stdout. Keep the syntax Python-3.6-compatible: no walrus, no `list[str]` annotations, no
-`zip(strict=...)`.
+CPython 3.5-3.9). `tests/support/native_client.py` starts it as a subprocess, by path, and reads the one JSON
+object it prints as the last line of stdout. Keep the syntax Python-3.6-compatible: no walrus, no `list[str]`
+annotations, no `zip(strict=...)`; and import nothing from `tests` (the 3.9 interpreter has none of it).
 
     transcribe --model GRAPH --audio WAV [--scorer FILE] [--chunk N]
         deepspeech.Model(GRAPH): stt, sttWithMetadata (tokens with timesteps), and a stream fed in chunks of

@@ -42,7 +42,7 @@ REQUIREMENTS = (
     "numpy>=1.14.5,<2",
 )
 PYTHON_VERSIONS = ("3.9", "3.8", "3.7")  # the wheels exist for cp35..cp39; newest first
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 DEFAULT_VENV = REPO / ".cache" / "ds093-venv"
 RUNNER = Path(__file__).resolve().with_name("native_client_runner.py")
 MARKER = "native-client.json"  # written last: a venv without it is half-built and gets rebuilt

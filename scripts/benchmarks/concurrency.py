@@ -1,0 +1,190 @@
+"""Section 4: N websocket streams on a real uvicorn, fed as fast as the server accepts them; batching on and
+off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from tests.support.server import ServerUrl
+
+from .common import (
+    BATCHED_STREAMS,
+    PIECE_SAMPLES,
+    SAMPLE_RATE,
+    SYNC_MESSAGE,
+    TARGET_BATCHED_RATIO,
+    BenchError,
+    RssSampler,
+    completing_pieces,
+    log,
+    normalise,
+    percentile,
+    rss_kib,
+)
+from .models import LoadedModel, uvicorn_server
+
+if TYPE_CHECKING:
+    from .run import Bench
+
+
+@dataclass
+class StreamOutcome:
+    latencies: list[float]
+    text: str
+    partials: int
+
+
+async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bool]) -> StreamOutcome:
+    """Closed loop: a 320 ms frame, then a message of unknown type whose error reply (the server answers a
+    stream's messages in order) says the frame was taken; then the next frame. Latency of a frame that
+    completes a chunk = from sending it to the first reply after it (its partial, or the ack if the text did
+    not change)."""
+    latencies: list[float] = []
+    partials = 0
+    for piece, completes_chunk in zip(pieces, completes, strict=True):
+        started = time.perf_counter()
+        await ws.send(piece)
+        await ws.send(SYNC_MESSAGE)
+        first: float | None = None
+        while True:
+            message = json.loads(await ws.recv())
+            if first is None:
+                first = time.perf_counter() - started
+            if message.get("type") == "partial":
+                partials += 1
+                continue
+            if message.get("type") == "error" and message.get("code") == "bad_message":
+                break
+            raise BenchError(f"unexpected message from /stream: {message}")
+        if completes_chunk:
+            latencies.append(first)
+    await ws.send(json.dumps({"type": "eof"}))
+    while True:
+        message = json.loads(await ws.recv())
+        if message.get("type") == "final":
+            return StreamOutcome(latencies, message.get("text", ""), partials)
+        if message.get("type") != "partial":
+            raise BenchError(f"unexpected message from /stream after eof: {message}")
+
+
+async def _run_streams(url: str, pcm: np.ndarray, n: int) -> tuple[float, list[StreamOutcome]]:
+    from websockets.asyncio.client import connect
+
+    data = pcm.astype("<i2").tobytes()
+    step = PIECE_SAMPLES * 2
+    pieces = [data[i : i + step] for i in range(0, len(data), step)]
+    completes = completing_pieces(len(pcm))
+    sockets = await asyncio.gather(
+        *(
+            connect(url, max_size=None, ping_interval=None, open_timeout=120, close_timeout=10)
+            for _ in range(n)
+        )
+    )
+    # Generous (20 s of wall time per second of audio, all streams together), but a hung server must not
+    # hang the bench.
+    timeout = 120 + 20 * n * len(pcm) / SAMPLE_RATE
+    try:
+        started = time.perf_counter()
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(_drive_stream(ws, pieces, completes) for ws in sockets)), timeout
+        )
+        wall = time.perf_counter() - started
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return wall, list(outcomes)
+
+
+def concurrent_streams(server: ServerUrl, pcm: np.ndarray, n: int) -> dict[str, Any]:
+    url = server.ws + "/stream"
+    time.sleep(0.5)  # let the previous run's memory settle before the idle reading
+    before = rss_kib(server.pid)
+    with RssSampler(server.pid) as rss:
+        wall, outcomes = asyncio.run(_run_streams(url, pcm, n))
+    audio = n * len(pcm) / SAMPLE_RATE
+    latencies = [x for o in outcomes for x in o.latencies]
+    texts = {o.text for o in outcomes}
+    return {
+        "streams": n,
+        "audio_seconds": audio,
+        "wall_seconds": wall,
+        "audio_s_per_wall_s": audio / wall,
+        "latency_p50_s": percentile(latencies, 50),
+        "latency_p95_s": percentile(latencies, 95),
+        "rss_before_mib": before / 1024,
+        "rss_peak_mib": rss.peak / 1024,
+        "rss_per_stream_mib": max(0, rss.peak - before) / 1024 / n,
+        "text": outcomes[0].text,
+        "all_finals_identical": len(texts) == 1,
+        "partials_per_stream": statistics.mean(o.partials for o in outcomes),
+    }
+
+
+def section_concurrency(bench: Bench, model: LoadedModel) -> None:
+    profile = bench.profile
+    if not profile.concurrency:
+        bench.skip_model_section("concurrency", model, "not in this profile")
+        return
+    seconds = profile.concurrency_seconds_wide if model.wide else profile.concurrency_seconds
+    pcm = bench.clips[profile.longest].pcm[: int(seconds * SAMPLE_RATE)]
+    results: dict[str, Any] = {
+        "feeding": (
+            "throughput: each stream sends its next 320 ms frame as soon as the server has taken the previous "
+            "one (closed loop, acknowledged in order), not paced in real time; latency is measured under that load"
+        ),
+        "audio_per_stream_s": len(pcm) / SAMPLE_RATE,
+        "batched": {},
+    }
+    with uvicorn_server(model.path, f"{model.name}-batched", DS_STREAM_BATCHING="true") as server:
+        results["server_start_s"] = server.start_seconds
+        for n in profile.concurrency:
+            log(f"4 concurrency: {model.name}, {n} streams, batching on")
+            r = concurrent_streams(server, pcm, n)
+            results["batched"][str(n)] = r
+            bench.row(model, 4, f"{n} streams: audio s / wall s", r["audio_s_per_wall_s"])
+            bench.row(model, 4, f"{n} streams: partial latency p95, s", r["latency_p95_s"])
+            bench.row(model, 4, f"{n} streams: RSS per stream, MiB", r["rss_per_stream_mib"])
+        batched = results["batched"].get(str(BATCHED_STREAMS))
+        if batched is None:
+            log(f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, batching on")
+            batched = concurrent_streams(server, pcm, BATCHED_STREAMS)
+            results["batched"][str(BATCHED_STREAMS)] = batched
+    with uvicorn_server(model.path, f"{model.name}-unbatched", DS_STREAM_BATCHING="false") as server:
+        log(f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, batching off")
+        unbatched = concurrent_streams(server, pcm, BATCHED_STREAMS)
+    results["unbatched"] = {str(BATCHED_STREAMS): unbatched}
+    ratio = batched["audio_s_per_wall_s"] / unbatched["audio_s_per_wall_s"]
+    results["batched_over_unbatched_16_streams"] = ratio
+    results["batched_same_text_as_unbatched"] = normalise(batched["text"]) == normalise(unbatched["text"])
+    bench.row(
+        model, 4, f"{BATCHED_STREAMS} streams unbatched: audio s / wall s", unbatched["audio_s_per_wall_s"]
+    )
+    bench.row(
+        model,
+        4,
+        f"batched / unbatched throughput ({BATCHED_STREAMS} streams)",
+        ratio,
+        (">=", TARGET_BATCHED_RATIO),
+    )
+    bench.row(model, 4, "batched finals = unbatched finals", results["batched_same_text_as_unbatched"])
+    # The same pair with greedy decoding: what batching does for the network alone, without the beam search
+    # (which holds the GIL and, on the random model's flat probabilities, costs as much as the network).
+    greedy: dict[str, Any] = {}
+    for batching in ("true", "false"):
+        tag = f"{model.name}-greedy-{'batched' if batching == 'true' else 'unbatched'}"
+        with uvicorn_server(model.path, tag, DS_STREAM_BATCHING=batching, DS_DECODER="greedy") as server:
+            log(
+                f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, greedy decoder, batching {batching}"
+            )
+            greedy[batching] = concurrent_streams(server, pcm, BATCHED_STREAMS)
+    greedy_ratio = greedy["true"]["audio_s_per_wall_s"] / greedy["false"]["audio_s_per_wall_s"]
+    results["greedy"] = {"batched": greedy["true"], "unbatched": greedy["false"], "ratio": greedy_ratio}
+    bench.row(model, 4, f"greedy decoder: batched / unbatched ({BATCHED_STREAMS} streams)", greedy_ratio)
+    bench.section_result("concurrency", model, results)
