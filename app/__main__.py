@@ -1,11 +1,13 @@
-"""`python -m app`: serve with the host, port and log level from the DS_* settings (what `make serve` and the
-launchd job run), so one set of variables configures everything. `uvicorn app.main:app --host ... --port ...`
-works too, for those who want uvicorn's other options."""
+"""`python -m app [--host H] [--port P] [--model-dir DIR]`: serve with the DS_* settings (what `make serve` and
+the launchd job run), so one set of variables configures everything; a flag overrides its variable.
+`uvicorn app.main:app --host ... --port ...` works too, for those who want uvicorn's other options."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -47,7 +49,30 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def main() -> int:
+# Flag -> the DS_* variable it overrides (the app reads its settings from the environment, also in uvicorn's
+# import of app.main:app, so a flag is passed down as its variable).
+FLAGS = {"host": "DS_HOST", "port": "DS_PORT", "model_dir": "DS_MODEL_DIR"}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m app",
+        description="Serve the DeepSpeech transcription service. Every setting is a DS_* environment variable "
+        "(or a line in .env; see the README's settings table); these flags override their variable.",
+    )
+    parser.add_argument("--host", help="address to listen on (DS_HOST, default 127.0.0.1; 0.0.0.0: all)")
+    parser.add_argument("--port", type=int, help="port to listen on (DS_PORT, default 8000)")
+    parser.add_argument(
+        "--model-dir", help="model directory written by scripts/convert.py (DS_MODEL_DIR, default models/default)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for name, variable in FLAGS.items():
+        if getattr(args, name) is not None:
+            os.environ[variable] = str(getattr(args, name))
     try:
         settings = Settings()
     except ValidationError as exc:

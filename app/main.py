@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from functools import cache
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -20,9 +21,15 @@ from app.speech.engine import Engine
 from app.speech.model_dir import ModelDirectoryError
 from app.speech.runtime import CoreMLUnavailable
 from app.web import install_web_layer
+from app.web.auth import DOCS_ASSETS
 from app.web.logs import configure_logging
 
 log = logging.getLogger("app")
+
+API_DESCRIPTION = (
+    "HTTP routes are below. The two websocket dialects, `/stream` (this service's) and `/vosk` (Vosk server's), "
+    "are described in [AsyncAPI](/asyncapi.json) and in the README."
+)
 
 # Startup problems an operator fixes by configuration: reported as one line, never as a traceback.
 STARTUP_ERRORS = (ModelDirectoryError, ScorerError, AlphabetError, CoreMLUnavailable)
@@ -51,11 +58,16 @@ def create_app(
         if engine is None or owns_engine:
             services.engine.close()  # stops the stream batcher's thread
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not a CDN (a private network
+    # often has no internet).
+    app = FastAPIOffline(
         title="DeepSpeech transcription service",
         summary="Private, on-premise speech-to-text: Mozilla DeepSpeech on Core ML (macOS) or NumPy (anywhere).",
+        description=API_DESCRIPTION,
         version="0.1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        favicon_url="/static/favicon.svg",
     )
     # The one untyped app.state entry; routes reach it through app/web/deps.py's typed dependencies.
     app.state.services = services

@@ -6,9 +6,17 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.routes import health, info, openai, page, stream, transcribe, vosk
+from app.routes import asyncapi, health, info, openai, page, stream, transcribe, vosk
 
-ROUTERS = (transcribe.router, openai.router, stream.router, vosk.router, info.router, health.router)
+ROUTERS = (
+    transcribe.router,
+    openai.router,
+    stream.router,
+    vosk.router,
+    asyncapi.router,
+    info.router,
+    health.router,
+)
 
 
 def install_routes(app: FastAPI) -> None:

@@ -359,3 +359,18 @@ async def retrieve_model(engine: EngineDep, model_id: str) -> ModelObject:
             code="model_not_found",
         )
     return model
+
+
+@router.post(
+    "/audio/translations",
+    responses={404: _error_doc("always: translation is not offered")},
+    summary="Not offered: translation (OpenAI-compatible error)",
+)
+async def create_translation() -> None:
+    """OpenAI's `audio.translations.create` translates speech into English text; DeepSpeech transcribes only."""
+    raise ApiError(
+        404,
+        "translation is not offered by this server: it transcribes speech in its model's language and does not "
+        "translate; use POST /v1/audio/transcriptions",
+        code="translation_not_supported",
+    )

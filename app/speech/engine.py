@@ -6,6 +6,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -107,14 +108,18 @@ class Engine:
 
     def info(self) -> dict[str, object]:
         manifest = self.model_dir.manifest
+        # Names, not paths: /info is served to every client with the key, and a path tells them about the host
+        # (and, for the shipped model, about the build machine it was trained on).
+        source = {key: value for key, value in manifest.source.items() if key != "path"}
+        if "path" in manifest.source:
+            source["file"] = Path(str(manifest.source["path"])).name
         return {
             "model": {
                 "name": self.model_dir.name,
-                "path": str(self.model_dir.path),
                 "n_hidden": manifest.n_hidden,
                 "n_classes": manifest.n_classes,
                 "alphabet": manifest.alphabet,
-                "source": manifest.source,
+                "source": source,
                 "static_steps": manifest.n_steps,
                 "dynamic_max_steps": manifest.dynamic_max_steps,
             },

@@ -38,9 +38,10 @@ WEBSOCKET_POLICY_VIOLATION = 1008
 # (a browser fetches them before anyone can type a key; the page then sends the key on its own requests), and
 # the API description (it documents the routes, it holds no data).
 PUBLIC_PATHS = frozenset(
-    {"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/health", "/ready", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/asyncapi.json"}
 )
-PUBLIC_PREFIXES = ("/static/",)
+DOCS_ASSETS = "/docs-assets"  # Swagger UI's and ReDoc's scripts, served from the package (fastapi-offline)
+PUBLIC_PREFIXES = ("/static/", DOCS_ASSETS + "/")
 METRICS_PATH = "/metrics"
 
 

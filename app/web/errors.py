@@ -12,7 +12,9 @@ import logging
 from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 from app.service.admission import ServiceBusy
@@ -164,11 +166,21 @@ async def send_error(
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """One handler for ApiError and every type of the table."""
+    """One handler for ApiError and every type of the table; Starlette's own HTTP errors (an unknown path, a
+    wrong method) keep FastAPI's `{"detail"}` but answer in OpenAI's shape under /v1/."""
 
     async def handler(request: Request, exc: Exception) -> JSONResponse:
         return error_response(request.url.path, api_error(exc, request.url.path))
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if not request.url.path.startswith(OPENAI_PREFIX):
+            return await http_exception_handler(request, exc)
+        message = f"{exc.detail}: {request.method} {request.url.path}"
+        code = "unknown_url" if exc.status_code == 404 else None
+        return error_response(request.url.path, ApiError(exc.status_code, message, code=code))
+
     app.add_exception_handler(ApiError, handler)
     for error_type, _ in ERRORS:
         app.add_exception_handler(error_type, handler)
+    app.add_exception_handler(StarletteHTTPException, http_error)

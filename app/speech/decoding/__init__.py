@@ -171,7 +171,7 @@ class BeamSearchDecoder:
         info: dict[str, object] = {"kind": "beam", "beam_width": self.beam.options.beam_width}
         if self.scorer is not None:
             info["scorer"] = {
-                "path": str(self.scorer.path),
+                "name": self.scorer.path.name,
                 "alpha": self.scorer.alpha,
                 "beta": self.scorer.beta,
                 "vocabulary_size": len(self.scorer.vocabulary),
