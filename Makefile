@@ -13,7 +13,7 @@ export DS_MODEL_DIR
 # checks the launchd scripts.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
 
-.PHONY: help serve test lint system-deps venv clean default-model bench
+.PHONY: help serve test lint system-deps serve-venv venv clean default-model bench
 
 help:
 	@echo "make serve   set up a virtualenv and serve $(DS_MODEL_DIR) on http://$(HOST):$(PORT)"
@@ -21,13 +21,16 @@ help:
 	@echo "make default-model   retrain models/default from synthetic speech (about an hour on 2 cores)"
 	@echo "make bench   ratios vs the seed loop, the native client and unbatched streams (~45 min; bench.json)"
 
+# Another apt-get (unattended upgrades, a second terminal) may hold dpkg's lock: wait for it instead of failing.
+APT_WAIT := -o DPkg::Lock::Timeout=600
+
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
-	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get update -qq && \
-	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get install -y -qq $$missing >/dev/null; \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get $(APT_WAIT) update -qq && \
+	    $$( [ "$$(id -u)" = 0 ] || echo sudo ) apt-get $(APT_WAIT) install -y -qq $$missing >/dev/null; \
 	  else echo "warning: install$$missing with your package manager (tests that need them will fail)"; fi; \
 	fi
 
@@ -36,19 +39,28 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# The convert extra (TensorFlow, coremltools) is needed to build models; the service itself does not import it.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+# Serving needs the service alone (and coremltools on macOS, where the Core ML backend runs); `make test` and the
+# model tools extend the same venv with the convert (TensorFlow, coremltools), train (torch) and test extras.
+SERVE_EXTRAS := $(if $(filter Darwin,$(shell uname -s)),[coreml],)
+
+$(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.$(SERVE_EXTRAS)'
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.serve-installed
 	$(BIN)/pip install -q -e '.[convert,train,test]'
 	touch $@
 
+serve-venv: $(VENV)/.serve-installed
 venv: $(VENV)/.installed
 
+# A missing model directory is made with the converter's tooling (TensorFlow, coremltools): the full venv.
 $(DS_MODEL_DIR)/manifest.json: | venv
 	@echo "!!! $(DS_MODEL_DIR) is missing: building a RANDOM-WEIGHT model so the service can start."
 	@echo "!!! Its transcripts are noise. Convert a real DeepSpeech checkpoint with scripts/convert.py (see README)."
 	$(BIN)/python scripts/make_random_model.py --out $(DS_MODEL_DIR)
 
-serve: venv $(DS_MODEL_DIR)/manifest.json
+serve: serve-venv $(DS_MODEL_DIR)/manifest.json
 	DS_HOST=$(HOST) DS_PORT=$(PORT) $(BIN)/python -m app
 
 lint: venv
@@ -61,7 +73,7 @@ test: system-deps venv lint
 # Fixed seeds and pinned inputs: speaks the corpus with espeak-ng, trains (time-boxed), exports upstream-named
 # weights, builds the KenLM scorer, converts with scripts/convert.py and writes models/default/EVALUATION.md.
 default-model: system-deps venv
-	@dpkg -s fortunes fortunes-min wamerican >/dev/null 2>&1 || apt-get install -y -qq fortunes fortunes-min wamerican
+	@dpkg -s fortunes fortunes-min wamerican >/dev/null 2>&1 || apt-get $(APT_WAIT) install -y -qq fortunes fortunes-min wamerican
 	$(BIN)/python scripts/train_default.py --out models/default
 
 # Side-by-side ratios measured in one run (shared machines are noisy): whole file by stage and over HTTP,
