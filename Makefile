@@ -13,13 +13,14 @@ export DS_MODEL_DIR
 # checks the launchd scripts.
 SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
 
-.PHONY: help serve test lint system-deps serve-venv venv clean default-model bench
+.PHONY: help serve test lint system-deps serve-venv venv clean default-model bench model-ds093
 
 help:
 	@echo "make serve   set up a virtualenv and serve $(DS_MODEL_DIR) on http://$(HOST):$(PORT)"
 	@echo "make test    set up everything and run lint, type checks and the test suite"
 	@echo "make default-model   retrain models/default from synthetic speech (about an hour on 2 cores)"
 	@echo "make bench   ratios vs the seed loop, the native client and unbatched streams (~45 min; bench.json)"
+	@echo "make model-ds093   download Mozilla's DeepSpeech 0.9.3, convert it into models/ds093 and check it loads"
 
 # Another apt-get (unattended upgrades, a second terminal) may hold dpkg's lock: wait for it instead of failing.
 APT_WAIT := -o DPkg::Lock::Timeout=600
@@ -54,8 +55,10 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.serve-installed
 serve-venv: $(VENV)/.serve-installed
 venv: $(VENV)/.installed
 
-# A missing model directory is made with the converter's tooling (TensorFlow, coremltools): the full venv.
-$(DS_MODEL_DIR)/manifest.json: | venv
+# A missing model directory is made with the converter's tooling (TensorFlow, coremltools): the full venv, installed
+# only then (a prerequisite, even order-only, would install it for every `make serve`).
+$(DS_MODEL_DIR)/manifest.json:
+	$(MAKE) venv
 	@echo "!!! $(DS_MODEL_DIR) is missing: building a RANDOM-WEIGHT model so the service can start."
 	@echo "!!! Its transcripts are noise. Convert a real DeepSpeech checkpoint with scripts/convert.py (see README)."
 	$(BIN)/python scripts/make_random_model.py --out $(DS_MODEL_DIR)
@@ -81,6 +84,12 @@ default-model: system-deps venv
 # batching on and off, and this machine's sgemm/bandwidth limit. `scripts/bench.py --quick` takes < 10 min.
 bench: system-deps venv
 	$(BIN)/python scripts/bench.py --json bench.json
+
+# Mozilla's released DeepSpeech 0.9.3 (checkpoint + scorer, over 1 GB, resumable in .cache/downloads), converted into
+# models/ds093 and loaded once. DS_RELEASE_BASE_URL points it at a mirror; GET_MODEL_ARGS adds options, e.g.
+# GET_MODEL_ARGS="--sha256 deepspeech-0.9.3-models.scorer=<hex> --force" (scripts/get_model.py --help).
+model-ds093: venv
+	$(BIN)/python scripts/get_model.py --out models/ds093 $(GET_MODEL_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

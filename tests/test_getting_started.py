@@ -108,3 +108,16 @@ def test_system_deps_waits_for_the_dpkg_lock() -> None:
     )
     commands = result.stdout
     assert commands.count("-o DPkg::Lock::Timeout=") >= 2, commands  # update and install
+
+
+def test_make_serve_installs_the_service_alone(tmp_path: Path) -> None:
+    """What `make serve` would run on a fresh clone: a venv with the service alone, no convert/train/test extras
+    (TensorFlow, torch, playwright); `make test` adds them to the same venv."""
+    fresh = f"VENV={tmp_path / 'venv'}"
+    serve = subprocess.run(["make", "-n", "serve", fresh], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 0, serve.stderr
+    installs = [line for line in serve.stdout.splitlines() if "pip install" in line and " -e " in line]
+    assert installs and all("[convert" not in line and "test]" not in line for line in installs), installs
+    assert "python -m app" in serve.stdout
+    test = subprocess.run(["make", "-n", "test", fresh], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "-e '.[convert,train,test]'" in test.stdout
