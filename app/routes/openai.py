@@ -361,8 +361,26 @@ async def retrieve_model(engine: EngineDep, model_id: str) -> ModelObject:
     return model
 
 
+TRANSLATION_BODY: dict[str, Any] = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {"type": "string", "format": "binary"},
+                    "model": {"type": "string"},
+                },
+            }
+        }
+    },
+}
+
+
 @router.post(
     "/audio/translations",
+    openapi_extra={"requestBody": TRANSLATION_BODY},
     responses={404: _error_doc("always: translation is not offered")},
     summary="Not offered: translation (OpenAI-compatible error)",
 )
