@@ -49,7 +49,12 @@ $(VENV)/.serve-installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.serve-installed
-	$(BIN)/pip install -q -e '.[convert,train,test]'
+	$(BIN)/pip install -q -e '.[convert,train,test,download]'
+	touch $@
+
+# The real model needs the converter and the downloader, not the training and test tools.
+$(VENV)/.model-tools: pyproject.toml $(VENV)/.serve-installed
+	$(BIN)/pip install -q -e '.[convert,download]'
 	touch $@
 
 serve-venv: $(VENV)/.serve-installed
@@ -88,7 +93,7 @@ bench: system-deps venv
 # Mozilla's released DeepSpeech 0.9.3 (checkpoint + scorer, over 1 GB, resumable in .cache/downloads), converted into
 # models/ds093 and loaded once. DS_RELEASE_BASE_URL points it at a mirror; GET_MODEL_ARGS adds options, e.g.
 # GET_MODEL_ARGS="--sha256 deepspeech-0.9.3-models.scorer=<hex> --force" (scripts/get_model.py --help).
-model-ds093: venv
+model-ds093: $(VENV)/.model-tools
 	$(BIN)/python scripts/get_model.py --out models/ds093 $(GET_MODEL_ARGS)
 
 clean:

@@ -1,6 +1,6 @@
 """`scripts/convert.py`: DeepSpeech checkpoint or frozen graph → a model directory the service loads.
 
-python scripts/convert.py (--checkpoint DIR | --graph output_graph.pb) --alphabet alphabet.txt --out DIR
+python scripts/convert.py (--checkpoint DIR | --graph output_graph.pb|.pbmm) --alphabet alphabet.txt --out DIR
 """
 
 from __future__ import annotations
@@ -24,7 +24,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="DeepSpeech training checkpoint directory")
-    source.add_argument("--graph", type=Path, help="output_graph.pb exported by upstream DeepSpeech.py")
+    source.add_argument(
+        "--graph",
+        type=Path,
+        help="frozen graph exported by upstream DeepSpeech.py: output_graph.pb, or the memory-mapped "
+        "output_graph.pbmm / deepspeech-0.9.3-models.pbmm of a release",
+    )
     parser.add_argument(
         "--alphabet", type=Path, required=True, help="alphabet.txt the model was trained with"
     )
@@ -49,11 +54,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="oldest macOS the packages load on (default macOS14: the LSTM runs in float16, the Neural Engine's "
         "precision); macOS13 keeps the LSTM in float32 (GPU/CPU) and the packages larger",
     )
+    parser.add_argument(
+        "--source-info",
+        type=_json_object,
+        default={},
+        help="a JSON object added to the manifest's `source` (scripts/get_model.py records the release and "
+        "each downloaded file's URL, size and sha256)",
+    )
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     parser.add_argument(
         "--name", default=None, help="model name recorded in the manifest (default: --out's name)"
     )
     return parser.parse_args(argv)
+
+
+def _json_object(text: str) -> dict[str, object]:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("must be a JSON object")
+    return value
 
 
 def _fail(message: str) -> int:
@@ -99,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.checkpoint is not None:
             _step(f"reading checkpoint {args.checkpoint}")
             model = weights.read_checkpoint(args.checkpoint)
-            source = {"kind": "checkpoint", "path": str(args.checkpoint)}
+            source: dict[str, object] = {"kind": "checkpoint", "file": args.checkpoint.name}
         else:
             _step(f"reading frozen graph {args.graph}")
-            model = weights.read_frozen_graph(args.graph)
-            source = {"kind": "graph", "path": str(args.graph)}
+            model, kind = weights.read_graph_file(args.graph)
+            if kind == "pbmm":
+                _step("the graph is memory-mapped (.pbmm): weights read from its regions")
+            source = {"kind": kind, "file": args.graph.name}
     except (AlphabetError, weights.WeightsError) as exc:
         return _fail(str(exc))
     if model.n_classes != alphabet.n_classes:
@@ -172,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             manifest_extra={
                 "n_steps": coreml_export.STATIC_STEPS,
                 "dynamic_max_steps": max_steps,
-                "source": {**source, "name": name},
+                "source": {**source, **args.source_info, "name": name},
                 "precision": args.precision,
             },
             scorer=args.scorer,

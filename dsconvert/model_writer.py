@@ -61,7 +61,7 @@ def write_model_directory(
         scorer_info = None
         if scorer is not None:
             shutil.copyfile(scorer, staging / md.SCORER_NAME)
-            scorer_info = {"source": str(scorer)}
+            scorer_info = {"source": Path(scorer).name}  # a name: the manifest travels, paths do not
         files = {
             entry.name: md.sha256_of(entry)
             for entry in sorted(staging.iterdir())

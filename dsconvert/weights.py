@@ -9,8 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework import graph_pb2, node_def_pb2
 
 LSTM_SCOPE = "cudnn_lstm/rnn/multi_rnn_cell/cell_0/cudnn_compatible_lstm_cell"
 LSTM_KERNEL = f"{LSTM_SCOPE}/kernel"
@@ -24,6 +28,8 @@ WEIGHT_NAMES = tuple(f"{layer}/{part}" for layer in DENSE_LAYERS for part in ("w
 N_INPUT = 26
 N_CONTEXT = 9
 INPUT_WIDTH = (2 * N_CONTEXT + 1) * N_INPUT  # 494
+
+GraphKind = Literal["graph", "pbmm"]  # output_graph.pb, or the memory-mapped output_graph.pbmm
 
 
 class WeightsError(ValueError):
@@ -118,26 +124,59 @@ def read_checkpoint(directory: str | Path) -> DeepSpeechWeights:
 
 
 def read_frozen_graph(path: str | Path) -> DeepSpeechWeights:
-    """Read weights from an `output_graph.pb` exported by upstream `DeepSpeech.py` (variables frozen to Const)."""
-    import tensorflow as tf
+    """Read weights from upstream's frozen graph: `output_graph.pb` (variables frozen to Const) or the
+    memory-mapped `output_graph.pbmm` / `deepspeech-0.9.3-models.pbmm`, by the same upstream node names."""
+    return read_graph_file(path)[0]
 
-    graph_def = tf.compat.v1.GraphDef()
+
+def read_graph_file(path: str | Path) -> tuple[DeepSpeechWeights, GraphKind]:
+    """`read_frozen_graph`, also saying which kind of file it was ("graph" or "pbmm") for the manifest."""
+    path = Path(path)
     try:
-        graph_def.ParseFromString(Path(path).read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         raise WeightsError(f"cannot read graph {path}: {exc.strerror}") from exc
-    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise WeightsError(f"{path} is not a TensorFlow GraphDef: {exc}") from exc
-    if any(node.op == "ImmutableConst" for node in graph_def.node):
-        raise WeightsError(
-            f"{path} is a memory-mapped graph (.pbmm); pass the checkpoint or the plain output_graph.pb instead"
-        )
+    graph_def, kind = _parse_graph(data, path)
     found = {
-        node.name: tf.make_ndarray(node.attr["value"].tensor)
+        node.name: _const_array(node)
         for node in graph_def.node
         if node.op == "Const" and node.name in WEIGHT_NAMES
     }
-    return DeepSpeechWeights.checked(found, f"graph {path}")
+    return DeepSpeechWeights.checked(found, f"graph {path}"), kind
+
+
+def _parse_graph(data: bytes, path: Path) -> tuple[graph_pb2.GraphDef, GraphKind]:
+    """Content decides: a memory-mapped package is recognised by its footer and directory, a plain GraphDef by
+    parsing, whatever the file is called. The name only picks the message for a file that is neither: one
+    called `.pbmm` gets the package's own fault (truncated, bad directory...), as the native client, which maps
+    every `.pbmm` path, would fail on it; so does a damaged package under another name that still names its
+    `memmapped_package://` regions."""
+    from dsconvert import pbmm
+
+    fault = pbmm.package_fault(data, str(path))
+    if fault is None:
+        return pbmm.parse_memmapped_graph(data, str(path)), "pbmm"
+    graph_def = pbmm.GraphDef()
+    try:
+        graph_def.ParseFromString(data)
+    except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
+        if path.suffix == ".pbmm" or pbmm.names_regions(data):
+            raise fault from exc
+        raise WeightsError(f"{path} is not a TensorFlow GraphDef: {exc}") from exc
+    if path.suffix == ".pbmm" and not graph_def.node:
+        raise fault
+    if any(node.op == pbmm.IMMUTABLE_CONST for node in graph_def.node):
+        raise WeightsError(
+            f"{path} holds ImmutableConst nodes but not their memory-mapped regions (no .pbmm directory); "
+            "pass the whole .pbmm, the plain output_graph.pb or the checkpoint"
+        )
+    return graph_def, "graph"
+
+
+def _const_array(node: node_def_pb2.NodeDef) -> np.ndarray:
+    import tensorflow as tf
+
+    return tf.make_ndarray(node.attr["value"].tensor)
 
 
 def random_weights(n_hidden: int, n_classes: int = 29, seed: int = 0) -> DeepSpeechWeights:

@@ -7,7 +7,8 @@ Downloads go to `--cache` as `NAME.part` and resume from there (HTTP Range) afte
 loses its `.part` suffix only once it is complete and checked: the size the server announced, any --sha256 pin,
 and its format (the gzip stream and the tarball's members; the scorer's trailer); a complete file that fails a
 check is deleted. The model directory appears only once it is converted (scripts/convert.py, which checks the
-variable names and shapes) and loads; its `download.json` records each file's URL, size and sha256.
+variable names and shapes) and loads; its manifest's `source` records the release and each file's URL, size
+and sha256.
 """
 
 from __future__ import annotations
@@ -38,8 +39,7 @@ sys.path.insert(0, str(ROOT))
 GITHUB_RELEASES = "https://github.com/mozilla/DeepSpeech/releases/download"
 BASE_URL_ENV = "DS_RELEASE_BASE_URL"
 SOURCES = ("checkpoint", "pbmm")
-DEFAULT_SOURCE = "checkpoint"  # "pbmm" once scripts/convert.py --graph reads .pbmm (dsconvert/pbmm.py)
-DOWNLOAD_RECORD = "download.json"
+DEFAULT_SOURCE = "checkpoint"  # the training artifact, with its alphabet; "pbmm" is the smaller download, same weights
 CHUNK = 1 << 20
 TIMEOUT = httpx.Timeout(30.0, connect=15.0)
 TRY_MIRROR = f"set --base-url (or ${BASE_URL_ENV}) to a mirror"
@@ -333,7 +333,7 @@ def extract_checkpoint(tarball: Path, release: Release, into: Path) -> tuple[Pat
     return into / release.top / release.prefix, into / release.top / "alphabet.txt"
 
 
-def convert(args: argparse.Namespace, work: Path, out: Path) -> None:
+def convert(args: argparse.Namespace, work: Path, out: Path, record: dict[str, object]) -> None:
     """scripts/convert.py on the downloaded files into `out` (it checks variable names and shapes)."""
     release = RELEASES[args.version]
     asset = args.cache / release.assets(args.source)[0]
@@ -348,6 +348,7 @@ def convert(args: argparse.Namespace, work: Path, out: Path) -> None:
         model_args = ["--graph", str(asset)]
     command = [sys.executable, str(ROOT / "scripts" / "convert.py"), *model_args, "--alphabet", str(alphabet)]
     command += ["--scorer", str(args.cache / release.scorer), "--out", str(out), "--name", out.name]
+    command += ["--source-info", json.dumps(record)]
     step("converting: " + " ".join(command[1:]))
     if subprocess.run(command, stdout=sys.stderr).returncode != 0:
         raise GetModelError("scripts/convert.py failed (its error is above); nothing was written")
@@ -373,11 +374,10 @@ def verify_loads(model_dir: Path) -> str:
         raise GetModelError(f"the converted model does not load ({type(exc).__name__}: {exc})") from exc
 
 
-def write_record(model_dir: Path, args: argparse.Namespace, downloads: list[Download]) -> None:
-    # Until scripts/convert.py can put it in manifest.json's `source`, the download record sits beside it.
+def download_record(args: argparse.Namespace, downloads: list[Download]) -> dict[str, object]:
+    """What the manifest's `source` keeps of the download: the release, the mirror, each file's URL and hashes."""
     files = {d.name: asdict(d) for d in downloads}
-    record = {"version": args.version, "source": args.source, "base_url": args.base_url, "files": files}
-    (model_dir / DOWNLOAD_RECORD).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", "utf-8")
+    return {"release": args.version, "asset": args.source, "base_url": args.base_url, "files": files}
 
 
 def install(staged: Path, out: Path) -> None:
@@ -408,8 +408,7 @@ def run(args: argparse.Namespace) -> None:
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
             staged = staging / out.name
-            convert(args, staging, staged)
-            write_record(staged, args, downloads)
+            convert(args, staging, staged, download_record(args, downloads))
             step(f"checking that it loads: one second of silence reads {verify_loads(staged)!r}")
             install(staged, out)
             step(f"installed {args.out}")

@@ -155,8 +155,9 @@ def test_clean_run_writes_a_model_that_loads_and_prints_how_to_serve_it(clean_ru
 
 
 def test_download_record_has_the_sha256_of_every_file(clean_run: CleanRun, assets: dict[str, bytes]) -> None:
-    record = json.loads((clean_run.out / "download.json").read_text())
-    assert record["version"] == "0.9.3" and record["source"] == "checkpoint"
+    record = json.loads((clean_run.out / md.MANIFEST_NAME).read_text())["source"]
+    assert record["release"] == "0.9.3" and record["asset"] == "checkpoint" and record["kind"] == "checkpoint"
+    assert "/" not in record["file"]  # a name: the extraction folder is gone
     files = record["files"]
     assert set(files) == {TARBALL, SCORER}
     for name, url_path in ((TARBALL, URL_TARBALL), (SCORER, URL_SCORER)):
@@ -383,6 +384,35 @@ def test_source_pbmm_downloads_the_graph_and_the_scorer(
     assert run.returncode == 0, run.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "deepspeech-0.9.3-models.pbmm", SCORER]
     assert server.ranges(URL_TARBALL) == []
+
+
+def release_pbmm(directory: Path) -> bytes:
+    """What upstream exports as deepspeech-0.9.3-models.pbmm: the static inference graph of the same weights as
+    the tarball's checkpoint, memory-mapped."""
+    from dsconvert.graph import build_frozen_graph
+    from dsconvert.pbmm import write_memmapped_graph
+    from dsconvert.weights import random_weights
+
+    frozen = build_frozen_graph(random_weights(WIDTH, seed=93), ENGLISH, 16)
+    write_memmapped_graph(frozen.graph_def, directory / "models.pbmm")
+    return (directory / "models.pbmm").read_bytes()
+
+
+def test_the_pbmm_release_converts_to_the_checkpoints_weights(
+    server: AssetServer, clean_run: CleanRun, tmp_path: Path
+) -> None:
+    """The .pbmm path end to end (the English alphabet supplied, --graph on the package): the same network as the
+    checkpoint, array for array."""
+    server.files["/v0.9.3/deepspeech-0.9.3-models.pbmm"] = release_pbmm(tmp_path)
+    out = tmp_path / "models" / "ds093"
+    run = get_model("--source", "pbmm", "--out", out, "--cache", tmp_path / "cache", "--base-url", server.base_url)
+    assert run.returncode == 0, run.stderr
+    manifest = json.loads((out / md.MANIFEST_NAME).read_text())
+    assert manifest["source"]["kind"] == "pbmm" and manifest["source"]["asset"] == "pbmm"
+    with np.load(out / md.WEIGHTS_NAME) as got, np.load(clean_run.out / md.WEIGHTS_NAME) as want:
+        assert sorted(got.files) == sorted(want.files)
+        for name in want.files:
+            np.testing.assert_array_equal(got[name], want[name])  # the same float32 bytes, no arithmetic
 
 
 def test_install_replaces_an_existing_model_only_once_the_new_one_is_in(tmp_path: Path) -> None:

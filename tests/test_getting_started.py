@@ -120,4 +120,4 @@ def test_make_serve_installs_the_service_alone(tmp_path: Path) -> None:
     assert installs and all("[convert" not in line and "test]" not in line for line in installs), installs
     assert "python -m app" in serve.stdout
     test = subprocess.run(["make", "-n", "test", fresh], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert "-e '.[convert,train,test]'" in test.stdout
+    assert "-e '.[convert,train,test,download]'" in test.stdout
