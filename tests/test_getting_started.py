@@ -121,3 +121,11 @@ def test_make_serve_installs_the_service_alone(tmp_path: Path) -> None:
     assert "python -m app" in serve.stdout
     test = subprocess.run(["make", "-n", "test", fresh], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert "-e '.[convert,train,test,download]'" in test.stdout
+
+
+def test_readme_names_every_package_make_installs() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    packages = re.search(r"^SYSTEM_PACKAGES := (.+)$", makefile, flags=re.M)
+    assert packages is not None
+    readme = (ROOT / "README.md").read_text()
+    assert f"`{packages[1].strip()}`" in readme, "README's list of the Debian packages `make` installs"
