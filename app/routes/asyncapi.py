@@ -48,21 +48,20 @@ def _typed(kind: str, properties: dict[str, Any], required: tuple[str, ...] = ()
     return _object(["type", *required], {"type": {"const": kind}, **properties})
 
 
-WORD = _object(
-    ["word", "start", "end", "confidence"],
-    {
-        "word": {"type": "string"},
-        "start": {"type": "number"},
-        "end": {"type": "number"},
-        "confidence": {"type": "number"},
-    },
-)
+def _fields(**types: str) -> dict[str, Any]:
+    """An object of these fields, each of that JSON type, all required."""
+    return _object(list(types), {name: {"type": kind} for name, kind in types.items()})
+
+
+STRING, NUMBER = {"type": "string"}, {"type": "number"}
+COUNT = {"type": "integer", "minimum": 0}
+WORD = _fields(word="string", start="number", end="number", confidence="number")
 HOT_WORDS = {
     "description": "boosts in DeepSpeech's units: {word: boost}, 'word:boost,...', or a list of such strings",
     "oneOf": [
-        {"type": "object", "additionalProperties": {"type": "number"}},
-        {"type": "string"},
-        {"type": "array", "items": {"type": "string"}},
+        {"type": "object", "additionalProperties": NUMBER},
+        STRING,
+        {"type": "array", "items": STRING},
     ],
 }
 FORMATS = ["pcm", *ENCODED_FORMATS]
@@ -85,7 +84,7 @@ STREAM_IN = {
                 "sample_rate": {**RATE, "default": SAMPLE_RATE},
                 "format": {"enum": FORMATS, "default": "pcm"},
                 "hot_words": HOT_WORDS,
-                "phrase_list": {"type": "array", "items": {"type": "string"}},
+                "phrase_list": {"type": "array", "items": STRING},
                 "alternatives": {"type": "integer", "minimum": 1, "maximum": MAX_ALTERNATIVES},
                 "resumable": {"type": "boolean"},
             },
@@ -97,9 +96,9 @@ STREAM_IN = {
         _typed(
             "resume",
             {
-                "stream_id": {"type": "string"},
-                "resume_token": {"type": "string"},
-                "bytes": {"type": "integer", "minimum": 0},
+                "stream_id": STRING,
+                "resume_token": STRING,
+                "bytes": COUNT,
             },
             ("stream_id", "resume_token", "bytes"),
         ),
@@ -111,7 +110,7 @@ STREAM_OUT = {
     "streamPartial": _message(
         "partial",
         "the transcript so far, whenever it changes",
-        _typed("partial", {"text": {"type": "string"}}, ("text",)),
+        _typed("partial", {"text": STRING}, ("text",)),
     ),
     "streamFinal": _message(
         "final",
@@ -119,17 +118,17 @@ STREAM_OUT = {
         _typed(
             "final",
             {
-                "text": {"type": "string"},
+                "text": STRING,
                 "words": {"type": "array", "items": WORD},
-                "confidence": {"type": "number"},
-                "duration": {"type": "number"},
+                "confidence": NUMBER,
+                "duration": NUMBER,
                 "alternatives": {
                     "type": "array",
                     "items": _object(
                         ["text", "confidence", "words"],
                         {
-                            "text": {"type": "string"},
-                            "confidence": {"type": "number"},
+                            "text": STRING,
+                            "confidence": NUMBER,
                             "words": {"type": "array", "items": WORD},
                         },
                     ),
@@ -143,7 +142,7 @@ STREAM_OUT = {
         "a bad message (the stream goes on) or why the server ends the stream",
         _typed(
             "error",
-            {"code": {"enum": list(STREAM_ERROR_CODES)}, "message": {"type": "string"}},
+            {"code": {"enum": list(STREAM_ERROR_CODES)}, "message": STRING},
             ("code", "message"),
         ),
     ),
@@ -153,9 +152,9 @@ STREAM_OUT = {
         _typed(
             "resumable",
             {
-                "stream_id": {"type": "string"},
-                "resume_token": {"type": "string"},
-                "window": {"type": "number"},
+                "stream_id": STRING,
+                "resume_token": STRING,
+                "window": NUMBER,
             },
             ("stream_id", "resume_token", "window"),
         ),
@@ -163,7 +162,7 @@ STREAM_OUT = {
     "streamAck": _message(
         "ack",
         "resumable streams: binary bytes received so far, after every frame",
-        _typed("ack", {"bytes": {"type": "integer", "minimum": 0}}, ("bytes",)),
+        _typed("ack", {"bytes": COUNT}, ("bytes",)),
     ),
     "streamResumed": _message(
         "resumed",
@@ -171,24 +170,16 @@ STREAM_OUT = {
         _typed(
             "resumed",
             {
-                "stream_id": {"type": "string"},
-                "resume_token": {"type": "string"},
-                "bytes": {"type": "integer", "minimum": 0},
-                "text": {"type": "string"},
+                "stream_id": STRING,
+                "resume_token": STRING,
+                "bytes": COUNT,
+                "text": STRING,
             },
             ("stream_id", "resume_token", "bytes", "text"),
         ),
     ),
 }
-VOSK_WORD = _object(
-    ["conf", "start", "end", "word"],
-    {
-        "conf": {"type": "number"},
-        "start": {"type": "number"},
-        "end": {"type": "number"},
-        "word": {"type": "string"},
-    },
-)
+VOSK_WORD = _fields(conf="number", start="number", end="number", word="string")
 VOSK_IN = {
     "voskConfig": _message(
         "config",
@@ -207,7 +198,7 @@ VOSK_IN = {
                         },
                         "format": {"enum": FORMATS},
                         "words": {"type": ["boolean", "integer"]},
-                        "phrase_list": {"type": "array", "items": {"type": "string"}},
+                        "phrase_list": {"type": "array", "items": STRING},
                         "max_alternatives": {"type": "integer", "minimum": 0, "maximum": MAX_ALTERNATIVES},
                     },
                 }
@@ -223,13 +214,11 @@ VOSK_IN = {
     ),
 }
 VOSK_OUT = {
-    "voskPartial": _message(
-        "partial", "after every audio frame", _object(["partial"], {"partial": {"type": "string"}})
-    ),
+    "voskPartial": _message("partial", "after every audio frame", _object(["partial"], {"partial": STRING})),
     "voskResult": _message(
         "result",
         'after eof or reset: words (unless `words` is off) and text; `{"text": ""}` when nothing was heard',
-        _object(["text"], {"result": {"type": "array", "items": VOSK_WORD}, "text": {"type": "string"}}),
+        _object(["text"], {"result": {"type": "array", "items": VOSK_WORD}, "text": STRING}),
     ),
     "voskAlternatives": _message(
         "alternatives",
@@ -242,18 +231,11 @@ VOSK_OUT = {
                     "items": _object(
                         ["confidence", "result", "text"],
                         {
-                            "confidence": {"type": "number"},
-                            "text": {"type": "string"},
+                            "confidence": NUMBER,
+                            "text": STRING,
                             "result": {
                                 "type": "array",
-                                "items": _object(
-                                    ["start", "end", "word"],
-                                    {
-                                        "start": {"type": "number"},
-                                        "end": {"type": "number"},
-                                        "word": {"type": "string"},
-                                    },
-                                ),
+                                "items": _fields(start="number", end="number", word="string"),
                             },
                         },
                     ),
@@ -262,7 +244,7 @@ VOSK_OUT = {
         ),
     ),
     "voskError": _message(
-        "error", "a bad message, or why the stream ended", _object(["error"], {"error": {"type": "string"}})
+        "error", "a bad message, or why the stream ended", _object(["error"], {"error": STRING})
     ),
 }
 

@@ -195,54 +195,54 @@ async def _parse(request: Request, served_language: str) -> TranscriptionRequest
 
 # --- routes --------------------------------------------------------------------------------------------------
 
-REQUEST_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {
-                        "type": "string",
-                        "format": "binary",
-                        "description": "audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus), WebM; any rate",
-                    },
-                    "model": {
-                        "type": "string",
-                        "description": "any value (one model is served; see GET /v1/models)",
-                        "example": "whisper-1",
-                    },
-                    "language": {
-                        "type": "string",
-                        "description": "ISO-639-1 code or English name; only the model's language (400 else)",
-                        "example": "en",
-                    },
-                    "prompt": {"type": "string", "description": "accepted and ignored"},
-                    "temperature": {
-                        "type": "number",
-                        "minimum": 0,
-                        "maximum": 1,
-                        "description": "accepted (0..1) and ignored: decoding is deterministic",
-                    },
-                    "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
-                    "timestamp_granularities[]": {
-                        "type": "array",
-                        "items": {"type": "string", "enum": list(GRANULARITIES)},
-                        "description": "verbose_json only; repeat the field for both",
-                    },
-                    "stream": {
-                        "type": "boolean",
-                        "default": False,
-                        "description": "Server-Sent Events transcript.text.delta / transcript.text.done "
-                        "(response_format json or text)",
-                    },
-                },
-            },
-            "encoding": {"timestamp_granularities[]": {"style": "form", "explode": True}},
-        }
+
+def _multipart(properties: dict[str, Any], encoding: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI multipart/form-data request body whose `file` field is required."""
+    form: dict[str, Any] = {"schema": {"type": "object", "required": ["file"], "properties": properties}}
+    if encoding is not None:
+        form["encoding"] = encoding
+    return {"required": True, "content": {"multipart/form-data": form}}
+
+
+REQUEST_BODY = _multipart(
+    {
+        "file": {
+            "type": "string",
+            "format": "binary",
+            "description": "audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus), WebM; any rate",
+        },
+        "model": {
+            "type": "string",
+            "description": "any value (one model is served; see GET /v1/models)",
+            "example": "whisper-1",
+        },
+        "language": {
+            "type": "string",
+            "description": "ISO-639-1 code or English name; only the model's language (400 else)",
+            "example": "en",
+        },
+        "prompt": {"type": "string", "description": "accepted and ignored"},
+        "temperature": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "accepted (0..1) and ignored: decoding is deterministic",
+        },
+        "response_format": {"type": "string", "enum": list(RESPONSE_FORMATS), "default": "json"},
+        "timestamp_granularities[]": {
+            "type": "array",
+            "items": {"type": "string", "enum": list(GRANULARITIES)},
+            "description": "verbose_json only; repeat the field for both",
+        },
+        "stream": {
+            "type": "boolean",
+            "default": False,
+            "description": "Server-Sent Events transcript.text.delta / transcript.text.done "
+            "(response_format json or text)",
+        },
     },
-}
+    encoding={"timestamp_granularities[]": {"style": "form", "explode": True}},
+)
 
 TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
@@ -361,21 +361,7 @@ async def retrieve_model(engine: EngineDep, model_id: str) -> ModelObject:
     return model
 
 
-TRANSLATION_BODY: dict[str, Any] = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "string", "format": "binary"},
-                    "model": {"type": "string"},
-                },
-            }
-        }
-    },
-}
+TRANSLATION_BODY = _multipart({"file": {"type": "string", "format": "binary"}, "model": {"type": "string"}})
 
 
 @router.post(
