@@ -108,6 +108,7 @@ class StreamDialect:
             await stream.send(error("bad_config", str(exc)))
             return
         stream.use_audio(audio)
+        stream.note_activity()
         if control.get("resumable") is True:
             await stream.send({"type": "resumable", **stream.make_resumable()})
 

@@ -111,6 +111,7 @@ class VoskDialect:
             await stream.send({"error": str(exc)})
             return
         stream.use_audio(opened)
+        stream.note_activity()
         self.spec, self.words = (str(requested[0]), requested[1]), bool(config.get("words", self.words))
         self.hot_words, self.max_alternatives = hot, n_best
 

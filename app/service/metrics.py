@@ -10,7 +10,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.exposition import generate_latest
 
 if TYPE_CHECKING:
@@ -91,6 +91,11 @@ class Metrics:
             "ds_workers_busy", "Transcriptions running now (at most DS_WORKERS)", registry=r
         )
         self.model = Info("ds_model", "The loaded model, backend, compute units and decoder", registry=r)
+        # process_resident_memory_bytes, process_open_fds and the CPU seconds (read from /proc: Linux only).
+        ProcessCollector(registry=r)
+        self.memory_trims = Counter(
+            "ds_memory_trims", "Times freed memory was returned to the system after a large transcription", registry=r
+        )
 
     def describe_engine(self, engine: Engine, compute_units: str) -> None:
         """Fill the Info metric and the load time from a loaded Engine."""

@@ -6,9 +6,11 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from anyio.to_thread import run_sync
 
 from app.service.admission import Admission
 from app.service.drain import Drain
+from app.service.memory import MemoryReturn
 from app.service.metrics import Metrics
 from app.service.resume import ResumableStreams
 from app.settings import Settings
@@ -31,6 +33,7 @@ class Services:
     loaded_engine: Engine | None = None
     ready: bool = False  # /ready: false until the lifespan's warm-up inference ran
     warm_up_seconds: float | None = field(default=None)
+    memory: MemoryReturn = field(default_factory=MemoryReturn)
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> Services:
@@ -62,6 +65,11 @@ class Services:
     def use_engine(self, engine: Engine) -> None:
         self.loaded_engine = engine
         self.metrics.describe_engine(engine, self.settings.compute_units)
+
+    async def return_memory(self, audio_seconds: float) -> None:
+        """After a transcription or a stream: give a large one's freed memory back (off the event loop)."""
+        if audio_seconds >= self.memory.threshold and await run_sync(self.memory.after, audio_seconds):
+            self.metrics.memory_trims.inc()
 
     def mark_ready(self, warm_up_seconds: float | None = None) -> None:
         self.ready = True

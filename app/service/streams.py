@@ -34,6 +34,9 @@ from app.speech.stream_audio import StreamAudio
 
 log = logging.getLogger(__name__)
 
+# Audio counts as activity once it adds a model step (20 ms) since the last activity: a trickle of a sample or two
+# every few seconds is not a client that is streaming.
+ACTIVITY_SAMPLES = 320
 MAX_CONTROL_CHARS = 64 * 1024  # control messages are a few hundred bytes; anything this big is not one
 
 
@@ -172,6 +175,11 @@ class StreamController:
         self.resumable: ResumableStream | None = None
         self._deadline = 0.0
         self._parked = False
+        # Idle time: seconds spent waiting on the client since it last did something that moves the stream on
+        # (audio that advances it, a valid control message). Junk (bad text, a 2-byte frame every few seconds)
+        # is received but does not count, so it cannot hold a slot past DS_STREAM_IDLE_TIMEOUT.
+        self._idle_waited = 0.0
+        self._active_at_samples = 0
 
     @property
     def session(self) -> StreamSession:
@@ -198,6 +206,8 @@ class StreamController:
             await self._fail(exc)
         finally:
             self._release()
+        if not self._parked:
+            await self.services.return_memory(self.session.audio_seconds)
 
     async def _serve(self) -> None:
         while True:
@@ -276,24 +286,27 @@ class StreamController:
         text). Raises ChannelClosed when the client has gone, BadMessage for text that is not a JSON object,
         StreamIdle / StreamTooLong at the stream's time limits and ServerDraining when the service shuts down."""
         idle_timeout = self.settings.stream_idle_timeout
-        remaining = self._deadline - time.monotonic()
+        idle_left = idle_timeout - self._idle_waited
+        started = time.monotonic()
+        remaining = self._deadline - started
         draining = self.services.drain.event
         receiving = asyncio.ensure_future(self.channel.receive())
         shutdown = asyncio.ensure_future(draining.wait())
         try:
             await asyncio.wait(
                 {receiving, shutdown},
-                timeout=max(0.0, min(idle_timeout, remaining)),
+                timeout=max(0.0, min(idle_left, remaining)),
                 return_when=asyncio.FIRST_COMPLETED,
             )
         finally:
             shutdown.cancel()
             if not receiving.done():
                 receiving.cancel()
+            self._idle_waited += time.monotonic() - started
         if draining.is_set():  # even with audio waiting: a busy stream must not hold the shutdown up
             raise ServerDraining("the server is shutting down; this is the stream's final transcript")
         if not receiving.done() or receiving.cancelled():
-            if remaining <= idle_timeout:
+            if remaining <= idle_left:
                 raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
             raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
         message = receiving.result()
@@ -341,7 +354,15 @@ class StreamController:
                 "transcript; open a new stream to go on"
             )
         session = self.session
-        return await run_sync(lambda: session.feed(audio.push(data)))  # one thread hop per frame
+        partial = await run_sync(lambda: session.feed(audio.push(data)))  # one thread hop per frame
+        if session.samples_in - self._active_at_samples >= ACTIVITY_SAMPLES:
+            self._active_at_samples = session.samples_in
+            self.note_activity()
+        return partial
+
+    def note_activity(self) -> None:
+        """The client moved the stream on (a dialect calls this for a valid control message): idle time restarts."""
+        self._idle_waited = 0.0
 
     async def finish(self) -> tuple[Transcript, UnsupportedAudio | None]:
         """Flush the input's tail (resampler, decoder) into the session, then the session's own tail. When the
@@ -375,6 +396,8 @@ class StreamController:
         self.state.session.close()
         self.state.close()
         self.resumable, self.state = resumable, parked
+        self._active_at_samples = parked.session.samples_in
+        self.note_activity()
         return new_token
 
     def _input(self) -> StreamAudio:

@@ -33,6 +33,7 @@ async def transcribe_upload(
             lambda: services.engine.transcribe(samples, hot_words=hot_words, alternatives=alternatives)
         )
     services.metrics.observe(route, result.duration, result.processing_seconds)
+    await services.return_memory(result.duration)
     return UploadTranscription(result, duration)
 
 
@@ -75,3 +76,4 @@ class StreamedTranscription:
             async for event in transcript_events(engine, self._samples, self._hot_words, computing.append):
                 yield event
         self._services.metrics.observe(self._route, len(self._samples) / SAMPLE_RATE, sum(computing))
+        await self._services.return_memory(len(self._samples) / SAMPLE_RATE)
