@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--max-steps",
         type=int,
         default=None,
-        help="upper bound of the dynamic package's time axis (default 1000)",
+        help="upper bound of the dynamic package's time axis (default 1000): its largest enumerated length",
     )
     parser.add_argument(
         "--precision",
@@ -113,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     max_steps = args.max_steps or coreml_export.DYNAMIC_MAX_STEPS
     if max_steps < coreml_export.STATIC_STEPS:
         return _fail(f"--max-steps must be at least {coreml_export.STATIC_STEPS}")
+    lengths = coreml_export.dynamic_lengths(max_steps)
     if args.scorer is not None and not args.scorer.is_file():
         return _fail(f"scorer {args.scorer} does not exist")
     started = time.monotonic()
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                 max_steps=max_steps,
                 precision=args.precision,
                 deployment_target=args.deployment_target,
+                lengths=lengths,
             )
             _step(f"{package} MIL ops: {describe_ops(mlmodel)}")
             mlmodel.save(str(staging / package))
@@ -196,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
             manifest_extra={
                 "n_steps": coreml_export.STATIC_STEPS,
                 "dynamic_max_steps": max_steps,
+                # The time lengths the dynamic package accepts (EnumeratedShapes): the service plans its
+                # pieces from them (app/speech/runtime/windows.py).
+                "dynamic_lengths": list(lengths),
                 "source": {**source, **args.source_info, "name": name},
                 "precision": args.precision,
             },

@@ -10,11 +10,17 @@ Facts measured with coremltools 9.0 + TensorFlow 2.21 that shape this module:
 - The core `lstm` op takes fp16 only from the iOS 17 opset (macOS 14): with the macOS 13 target and float16
   compute, coremltools keeps the LSTM (weights included) in float32 between casts, which the Neural Engine
   does not run; `deployment_target="macOS14"` makes it fp16 too.
+- The dynamic package's time axis is a `ct.EnumeratedShapes` set (see `dynamic_lengths`): coremltools keeps
+  the input symbolic in the MIL program (`(1, is0, 19, 26)`), the same program as with a `RangeDim`, core
+  `lstm` op included; only the model description lists the shapes. It puts the default shape first in that
+  list and adds it when it is not one of the shapes; it refuses fewer than 2; Core ML takes up to 128.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import coremltools as ct
@@ -31,15 +37,58 @@ STATIC_STEPS = 16
 # in consecutive windows with the LSTM state carried across (the service does this), so the bound only caps
 # the memory of one prediction.
 DYNAMIC_MAX_STEPS = 1000
+# The dynamic package's time lengths (ct.EnumeratedShapes on input_node's time axis). coremltools' guide
+# recommends enumerated shapes for the Neural Engine: Core ML prepares each one, whereas a RangeDim model runs
+# there only with reshape hints (macOS 15) and re-specialises for every new length, and whole files bring
+# every length from 1 to max_steps. Who uses which length (app/speech/runtime/windows.py plans the pieces):
+# - 1..15: a stream's tail, at its exact length (< 16 windows left at finish; exact, so no padding at all);
+# - max_steps: the full windows a long file is cut into (Engine.transcribe, run_long), state carried exactly;
+# - 50: the 1 s pieces of the incremental (SSE) transcription, which carry the state too, so exactly;
+# - the rest: the last window of a file, zero-padded up to the next length. The LSTM is causal and the state
+#   after a file's last window is discarded, so padding costs compute only: the spacing (x1.25..1.5 from 16
+#   up) keeps the padded steps at most ~half of that last window's real ones (17 -> 24, 33 -> 50, 101 ->
+#   150, 501 -> 750), and denser where most requests are (commands of 1-6 s: 50-300 steps).
+# 28 shapes with max_steps 1000, well under Core ML's 128; each shape is one more specialisation at load.
+# A --max-steps above 1000 adds itself only (1001 -> 2000 pads up to as many steps again).
+STREAM_TAIL_LENGTHS = tuple(range(1, STATIC_STEPS))
+WINDOW_LENGTHS = (16, 24, 32, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000)
+MAX_ENUMERATED_SHAPES = 128  # Core ML's bound on enumerated shapes (coremltools' flexible-inputs guide)
 DEPLOYMENT_TARGETS = {"macOS13": ct.target.macOS13, "macOS14": ct.target.macOS14}
 DEFAULT_DEPLOYMENT_TARGET = "macOS14"  # fp16 LSTM (Neural Engine); macOS 14 is from 2023
 
 
 PRECISIONS = ("float16", "float32")
 VALID_STEPS_NOTE = (
-    "every step of input_node is valid (no input_lengths); run a stream's tail (< 16 windows) through the "
-    "dynamic package at its exact length"
+    "every step of input_node is valid (no input_lengths); the dynamic package takes its time_lengths only: a "
+    "stream's tail (< 16 windows) at its exact length, a file's last window zero-padded up to the next length "
+    "(drop the padded steps' probabilities; the state after them is not the state after the real steps)"
 )
+
+
+def dynamic_lengths(max_steps: int = DYNAMIC_MAX_STEPS) -> tuple[int, ...]:
+    """The dynamic package's enumerated time lengths for a time bound: the tails, the window lengths below
+    the bound, and the bound itself (the full windows of a long file), ascending."""
+    if max_steps < STATIC_STEPS:
+        raise ValueError(f"max_steps must be at least {STATIC_STEPS}, got {max_steps}")
+    return tuple(sorted({*STREAM_TAIL_LENGTHS, *(n for n in WINDOW_LENGTHS if n < max_steps), max_steps}))
+
+
+def _time_axis(lengths: Sequence[int]) -> ct.EnumeratedShapes:
+    """input_node's shapes, one per length; the default (listed first by coremltools) is the static 16."""
+    shapes = [(1, n, 2 * N_CONTEXT + 1, N_INPUT) for n in lengths]
+    default = STATIC_STEPS if STATIC_STEPS in lengths else lengths[0]
+    return ct.EnumeratedShapes(shapes=shapes, default=(1, default, 2 * N_CONTEXT + 1, N_INPUT))
+
+
+def _checked_lengths(lengths: Sequence[int], max_steps: int) -> tuple[int, ...]:
+    checked = tuple(sorted(set(lengths)))
+    if not 2 <= len(checked) <= MAX_ENUMERATED_SHAPES:
+        raise ValueError(
+            f"the dynamic package takes 2..{MAX_ENUMERATED_SHAPES} time lengths, got {len(checked)}"
+        )
+    if checked[0] < 1 or checked[-1] != max_steps:
+        raise ValueError(f"time lengths must lie in 1..{max_steps} and include {max_steps}, got {checked}")
+    return checked
 
 
 def program_op_types(model: Any) -> set[str]:
@@ -64,8 +113,12 @@ def convert_to_mlpackage(
     max_steps: int = DYNAMIC_MAX_STEPS,
     precision: str = "float16",
     deployment_target: str = DEFAULT_DEPLOYMENT_TARGET,
+    lengths: Sequence[int] | None = None,
 ) -> Any:
     """Convert one frozen graph (static or dynamic, `coreml` variant) to an ML Program with float32 I/O.
+
+    The dynamic graph's time axis takes the enumerated `lengths` (default `dynamic_lengths(max_steps)`; the
+    largest must be max_steps), recorded in the package's metadata as `time_lengths`.
 
     float16 compute (the default) halves the package and lets Core ML use the Neural Engine; it moves confident
     probabilities by up to ~3e-3 (fp16 spacing near 1 is 4.9e-4), never the best class of a decisive frame.
@@ -80,11 +133,12 @@ def convert_to_mlpackage(
     if deployment_target not in DEPLOYMENT_TARGETS:
         raise ValueError(f"deployment target must be one of {', '.join(DEPLOYMENT_TARGETS)}")
     window = (2 * N_CONTEXT + 1, N_INPUT)
-    time_dim: int | ct.RangeDim = (
-        frozen.n_steps if frozen.n_steps is not None else ct.RangeDim(1, max_steps, default=STATIC_STEPS)
-    )
+    time_lengths = None
+    if frozen.n_steps is None:
+        time_lengths = _checked_lengths(lengths or dynamic_lengths(max_steps), max_steps)
+    node_shape = (1, frozen.n_steps, *window) if time_lengths is None else _time_axis(time_lengths)
     inputs = [
-        ct.TensorType(name="input_node", shape=(1, time_dim, *window), dtype=np.float32),
+        ct.TensorType(name="input_node", shape=node_shape, dtype=np.float32),
         ct.TensorType(name="previous_state_c", shape=(1, n_cell), dtype=np.float32),
         ct.TensorType(name="previous_state_h", shape=(1, n_cell), dtype=np.float32),
     ]
@@ -100,13 +154,16 @@ def convert_to_mlpackage(
     )
     model.author = "deepspeech-coreml-service (scripts/convert.py)"
     model.license = "MPL-2.0 (DeepSpeech architecture); weights: see the model's source"
-    kind = "static, 16 steps" if frozen.n_steps else f"dynamic, 1..{max_steps} steps"
+    kind = (
+        "static, 16 steps" if time_lengths is None else f"dynamic, {len(time_lengths)} lengths 1..{max_steps}"
+    )
     model.short_description = (
         f"Mozilla DeepSpeech acoustic model ({kind}): context windows (1,T,19,26), all T valid, + LSTM state → "
         "softmax probabilities (T,1,classes), time-major, blank last"
     )
     model.input_description["input_node"] = (
-        "MFCC context windows: 26 coefficients × 19 frames per 20 ms step; every step is valid (no padding)"
+        "MFCC context windows: 26 coefficients × 19 frames per 20 ms step; every step is computed as valid "
+        "(no length mask)" + ("" if time_lengths is None else "; T is one of the metadata's time_lengths")
     )
     model.input_description["previous_state_c"] = "LSTM cell state carried from the previous chunk"
     model.input_description["previous_state_h"] = "LSTM hidden state carried from the previous chunk"
@@ -124,4 +181,6 @@ def convert_to_mlpackage(
             "deployment_target": deployment_target,
         }
     )
+    if time_lengths is not None:
+        model.user_defined_metadata["time_lengths"] = json.dumps(list(time_lengths))
     return model

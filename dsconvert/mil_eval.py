@@ -21,6 +21,10 @@ slice of its last step; upstream's masked graph (state gathered at step input_le
 `expand_tf_lstm` into a `while_loop` (gather, linear, split, sigmoid/tanh, scatter), which this evaluator runs
 too, for packages converted before the change.
 
+Inputs are checked as Core ML checks them: against the declared shape, range, or enumerated shapes (the
+dynamic package's time axis is enumerated; its MIL program keeps that dimension symbolic, so the program is
+evaluated at whichever enumerated length it is given).
+
 Not a runtime: no speed, no batching, and ops the DeepSpeech packages do not use are refused by name.
 """
 
@@ -51,6 +55,16 @@ class InputSpec:
     name: str
     dtype: np.dtype
     bounds: tuple[tuple[int, int], ...]  # (lower, upper) per dimension; upper -1 = unbounded
+    # An input with enumerated shapes (ct.EnumeratedShapes) takes exactly these; bounds then span them.
+    shapes: tuple[tuple[int, ...], ...] = ()
+
+    def refuses(self, shape: tuple[int, ...]) -> bool:
+        """Whether Core ML would refuse an input of this shape."""
+        if self.shapes:
+            return shape not in self.shapes
+        return len(shape) != len(self.bounds) or any(
+            n < lo or (hi >= 0 and n > hi) for n, (lo, hi) in zip(shape, self.bounds, strict=True)
+        )
 
 
 @dataclass(frozen=True)
@@ -94,15 +108,18 @@ def _input_specs(spec: Any) -> tuple[InputSpec, ...]:
     for feature in spec.description.input:
         array = feature.type.multiArrayType
         ranges = array.shapeRange.sizeRanges
+        # The MIL program keeps an enumerated dimension symbolic, like a ranged one: only the model
+        # description says which shapes Core ML accepts.
+        shapes = tuple(tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes)
         if ranges:
             bounds = tuple((int(r.lowerBound), int(r.upperBound)) for r in ranges)
-        elif array.enumeratedShapes.shapes:
-            raise MilEvalError(f"input {feature.name}: enumerated shapes are not supported by this verifier")
+        elif shapes:
+            bounds = tuple((min(dims), max(dims)) for dims in zip(*shapes, strict=True))
         else:
             bounds = tuple((int(d), int(d)) for d in array.shape)
         if array.dataType not in dtypes:
             raise MilEvalError(f"input {feature.name}: unsupported multiarray data type {array.dataType}")
-        specs.append(InputSpec(feature.name, np.dtype(dtypes[array.dataType]), bounds))
+        specs.append(InputSpec(feature.name, np.dtype(dtypes[array.dataType]), bounds, shapes))
     return tuple(specs)
 
 
@@ -287,12 +304,13 @@ def evaluate(
         if spec.name not in inputs:
             raise MilEvalError(f"{program.path.name} needs input {spec.name!r}")
         value = np.asarray(inputs[spec.name]).astype(spec.dtype, copy=False)
-        if value.ndim != len(spec.bounds) or any(
-            n < lo or (hi >= 0 and n > hi) for n, (lo, hi) in zip(value.shape, spec.bounds, strict=True)
-        ):
-            raise MilEvalError(
-                f"input {spec.name} has shape {value.shape}, allowed per dimension {spec.bounds}"
+        if spec.refuses(value.shape):
+            allowed = (
+                f"not one of its enumerated shapes {list(spec.shapes)}"
+                if spec.shapes
+                else f"allowed per dimension {spec.bounds}"
             )
+            raise MilEvalError(f"input {spec.name} has shape {value.shape}, {allowed}")
         var = program.function.inputs[spec.name]
         evaluator.bind(var, _as_declared(value, var, precision, f"input {spec.name}"))
     outputs = evaluator.run_block(program.function)

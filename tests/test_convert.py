@@ -57,11 +57,15 @@ def test_model_directory_has_every_artifact_hashed(small_model_dir: Path) -> Non
         and manifest["dynamic_max_steps"] == 1000
         and manifest["precision"] == "float16"
     )
+    # The dynamic package's enumerated time lengths: the stream tails, window lengths, the bound last.
+    windows = [16, 24, 32, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000]
+    assert manifest["dynamic_lengths"] == [*range(1, 16), *windows]
     assert manifest["n_input"] == 26 and manifest["n_context"] == 9 and manifest["sample_rate"] == 16000
     assert {"tensorflow", "coremltools", "numpy", "python"} <= set(manifest["tools"])
     assert manifest["source"]["kind"] == "checkpoint"
     loaded = md.load_model_directory(small_model_dir)
     assert loaded.alphabet == ENGLISH and loaded.scorer_path is None
+    assert loaded.manifest.dynamic_lengths == manifest["dynamic_lengths"]
     # No staging directory is left beside the output.
     assert [p.name for p in small_model_dir.parent.iterdir()] == [small_model_dir.name]
 
@@ -93,15 +97,20 @@ def test_package_interface(small_model_dir: Path, package: str) -> None:
     for name in ("input_node", "previous_state_c", "previous_state_h"):
         assert inputs[name].dataType == float32, f"{name} must stay float32 (not FLOAT16)"
     assert list(inputs["previous_state_c"].shape) == [1, SMALL_WIDTH]
-    ranges = [(r.lowerBound, r.upperBound) for r in inputs["input_node"].shapeRange.sizeRanges]
+    node = inputs["input_node"]
+    enumerated = [list(s.shape) for s in node.enumeratedShapes.shapes]
+    assert not node.shapeRange.sizeRanges, "no RangeDim: the Neural Engine wants enumerated shapes"
+    meta = dict(spec.description.metadata.userDefined)
     if package == md.STATIC_PACKAGE:
-        assert list(inputs["input_node"].shape) == [1, 16, 19, 26] and not ranges
+        assert list(node.shape) == [1, 16, 19, 26] and not enumerated and "time_lengths" not in meta
     else:
-        assert ranges == [(1, 1), (1, 1000), (19, 19), (26, 26)]
+        lengths = json.loads((small_model_dir / md.MANIFEST_NAME).read_text())["dynamic_lengths"]
+        assert json.loads(meta["time_lengths"]) == lengths
+        assert list(node.shape) == [1, 16, 19, 26] and enumerated[0] == [1, 16, 19, 26]  # the default first
+        assert sorted(enumerated) == [[1, n, 19, 26] for n in lengths]
     outputs = _io(spec, "output")
     assert list(outputs) == ["logits", "new_state_c", "new_state_h"]
     assert all(o.dataType == float32 for o in outputs.values())
-    meta = dict(spec.description.metadata.userDefined)
     assert meta["kind"] == ("static" if package == md.STATIC_PACKAGE else "dynamic")
     assert json.loads(meta["alphabet"]) == list(ENGLISH.labels)
     assert meta["n_hidden"] == str(SMALL_WIDTH) and meta["n_classes"] == "29"
@@ -233,6 +242,7 @@ def test_width_and_classes_are_read_from_the_variables(tmp_path: Path, capsys: p
         5,
         64,
     )
+    assert loaded.manifest.dynamic_lengths == [*range(1, 17), 24, 32, 50, 64]  # bounded by --max-steps
 
 
 def test_scorer_is_copied_and_hashed(tmp_path: Path, small_checkpoint: Path, alphabet_file: Path) -> None:

@@ -41,6 +41,9 @@ class Manifest:
     alphabet: list[str]
     n_steps: int = 16
     dynamic_max_steps: int = 1000
+    # The time lengths dynamic.mlpackage accepts (enumerated shapes), ascending, the largest dynamic_max_steps;
+    # empty for packages converted with a range (any length 1..dynamic_max_steps).
+    dynamic_lengths: list[int] = field(default_factory=list)
     n_input: int = 26
     n_context: int = 9
     sample_rate: int = 16000
