@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import sys
 from types import FrameType
@@ -17,8 +18,12 @@ from pydantic import ValidationError
 
 from app.main import app_from_environment, settings_problems
 from app.settings import Settings
+from app.web.logs import configure_logging
 
 log = logging.getLogger("app")
+
+# After a spent grace, what uvicorn still waits before cancelling the requests left (they were told 503/1001).
+GRACE_SPENT_WAIT = 0.2
 
 
 class DrainingServer(uvicorn.Server):
@@ -46,7 +51,71 @@ class DrainingServer(uvicorn.Server):
         idle = await services.drain.wait_idle(services.admission, self.grace_seconds)
         if idle:
             log.info("drained: every request and stream finished; shutting down")
+        else:  # the grace is spent: uvicorn's own graceful wait would add its timeout on top of it
+            self.config.timeout_graceful_shutdown = GRACE_SPENT_WAIT  # type: ignore[assignment]  # a float works: asyncio.wait_for
         self.should_exit = True
+
+
+# Each websocket, upload and model file holds a descriptor, and a Terminal's default soft limit of 256 runs out
+# under a few hundred streams; the hard limit is what the soft one may be raised to without privileges. On Linux it
+# is often 2**20 or more: cap it, since some code (a child process closing inherited descriptors) walks them all.
+OPEN_FILES_CAP = 65536
+# macOS's setrlimit refuses a soft RLIMIT_NOFILE above min(OPEN_MAX, kern.maxfilesperproc) even when the hard
+# limit is RLIM_INFINITY (its default for Terminal and launchd jobs): setrlimit(2), COMPATIBILITY.
+DARWIN_OPEN_MAX = 10240
+
+
+def open_file_target(
+    soft: int, hard: int, platform: str = sys.platform, per_process_max: int | None = None
+) -> int:
+    """The soft open-file limit to ask for: the hard limit, capped, never below the current soft limit."""
+    ceiling = OPEN_FILES_CAP if hard == resource.RLIM_INFINITY else min(hard, OPEN_FILES_CAP)
+    if platform == "darwin":
+        ceiling = min(ceiling, DARWIN_OPEN_MAX, per_process_max or DARWIN_OPEN_MAX)
+    if soft == resource.RLIM_INFINITY:
+        return soft
+    return max(soft, ceiling)
+
+
+def darwin_max_files_per_process() -> int | None:
+    """kern.maxfilesperproc, which an administrator may have set below OPEN_MAX; None where it cannot be read."""
+    if sys.platform != "darwin":
+        return None
+    import ctypes
+
+    try:
+        sysctlbyname = ctypes.CDLL(None).sysctlbyname
+    except (OSError, AttributeError):
+        return None
+    # Declared, so that the size_t arguments are passed as 64-bit values on arm64.
+    sysctlbyname.argtypes = [
+        ctypes.c_char_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.c_void_p, ctypes.c_size_t
+    ]
+    sysctlbyname.restype = ctypes.c_int
+    value, size = ctypes.c_int(0), ctypes.c_size_t(ctypes.sizeof(ctypes.c_int))
+    if sysctlbyname(b"kern.maxfilesperproc", ctypes.byref(value), ctypes.byref(size), None, 0) != 0:
+        return None
+    return value.value if value.value > 0 else None
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE towards the hard one (see OPEN_FILES_CAP); returns the soft limit in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = open_file_target(soft, hard, per_process_max=darwin_max_files_per_process())
+    if target == soft:
+        log.info("open files: soft limit %s (hard %s)", soft, _limit_text(hard))
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError) as exc:
+        log.warning("open files: could not raise the soft limit from %s to %s: %s", soft, target, exc)
+        return soft
+    log.info("open files: raised the soft limit from %s to %s (hard %s)", soft, target, _limit_text(hard))
+    return target
+
+
+def _limit_text(limit: int) -> str:
+    return "unlimited" if limit == resource.RLIM_INFINITY else str(limit)
 
 
 # Flag -> the DS_* variable it overrides (the app reads its settings from the environment, also in uvicorn's
@@ -79,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
         logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
         logging.getLogger("app").critical("cannot start: %s", settings_problems(exc))
         return 1
+    # Configured here as well as when uvicorn imports the app, so that the line below is in the service's format.
+    configure_logging(settings.log_format, settings.log_level.upper())
+    raise_open_file_limit()
     config = uvicorn.Config(
         "app.main:app",
         host=settings.host,

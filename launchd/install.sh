@@ -15,8 +15,10 @@ usage() {
 	cat <<EOF
 usage: launchd/install.sh [options]
 
-Installs the service ($repo/.venv/bin/python -m uvicorn app.main:app) as a launchd job and starts it.
+Installs the service (VENV/bin/python -m app, run in $repo) as a launchd job and starts it.
 Re-running replaces the installed job (use it after changing options or the model).
+The checkout, the virtualenv and the model must not be in ~/Documents, ~/Desktop, ~/Downloads, iCloud Drive or
+on an external volume (/Volumes): macOS privacy protection keeps launchd jobs out of those.
 
   --host HOST         address to listen on (default 127.0.0.1; 0.0.0.0 for the whole network)
   --port PORT         port (default 8000)
@@ -26,7 +28,8 @@ Re-running replaces the installed job (use it after changing options or the mode
   --label LABEL       launchd label (default local.deepspeech.stt)
   --system            install a LaunchDaemon in /Library/LaunchDaemons (starts at boot; needs sudo)
                       instead of a LaunchAgent in ~/Library/LaunchAgents (runs while you are logged in)
-  --user NAME         with --system: the user the daemon runs as (default: the user who ran sudo)
+  --user NAME         with --system: the user the daemon runs as (default: the user who ran sudo); it must
+                      be able to read the checkout, the virtualenv and the model (checked with sudo -u NAME)
   --log-dir DIR       where stdout.log and stderr.log go (default ~/Library/Logs/LABEL, or
                       /Library/Logs/LABEL with --system)
   --venv DIR          the virtualenv (default $repo/.venv)
@@ -50,6 +53,23 @@ xml_escape() {
 # An absolute path for DIR without resolving symlinks (so a models/current link can be repointed later).
 absolute_dir() {
 	(cd "$1" 2>/dev/null && pwd) || return 1
+}
+
+# DIR with every symlink resolved: where the files really are, which is what macOS's privacy checks look at.
+physical_dir() {
+	(cd "$1" 2>/dev/null && pwd -P) || return 1
+}
+
+# Refuse WHAT (the checkout, ...) at PATH if it really lives in a protected place; FIX says what to do instead.
+refuse_protected() {
+	local what=$1 path=$2 fix=$3 real home place shown
+	real=$(physical_dir "$path") || return 0
+	home=$(physical_dir "$HOME") || home=$HOME
+	place=$(protected_place "$real" "$home")
+	[[ -n $place ]] || return 0
+	shown=$path
+	[[ $real == "$path" ]] || shown="$path (really $real)"
+	die "$what $shown is in $place, which macOS privacy protection (TCC) keeps launchd jobs out of: $fix"
 }
 
 host=${DS_HOST:-127.0.0.1}
@@ -146,6 +166,11 @@ model_abs=$(absolute_dir "$model_dir") ||
 [[ -f $model_abs/manifest.json ]] ||
 	die "$model_abs has no manifest.json: run 'make serve' once (it builds models/default) or convert a model into it with scripts/convert.py"
 
+refuse_protected "the checkout" "$repo" \
+	"clone it somewhere else (for example ~/src/stt, or /usr/local/stt for a daemon), run 'make venv' there and install from there"
+refuse_protected "the virtualenv" "$venv_abs" "make it outside (run 'make venv' in a checkout elsewhere) and pass --venv"
+refuse_protected "the model directory" "$model_abs" "move or copy it (for example into $repo/models/) and pass --model-dir"
+
 if [[ $system == 1 ]]; then
 	[[ -n $user ]] || user=${SUDO_USER:-$(id -un)}
 	id -u "$user" >/dev/null 2>&1 || usage_error "--user: no user named '$user'"
@@ -221,6 +246,42 @@ if [[ $dry_run == 1 ]]; then
 	[[ $system == 0 || $EUID -eq 0 ]] || echo "# (a LaunchDaemon: the real run needs sudo)"
 fi
 
+# The daemon runs as $user, not as whoever runs this script: check, as that user, that it can enter the checkout,
+# run the virtualenv's Python and read the model (a home directory is often closed to other users).
+# In a dry run the checks are printed, and run as well where sudo needs no password (as root: they change nothing).
+checks_as_user=0
+if [[ $system == 1 && $(id -u "$user") != 0 ]]; then
+	checks_as_user=1
+	if [[ $dry_run == 0 ]]; then
+		command -v sudo >/dev/null || die "sudo not found: it is needed to check what the daemon's user '$user' can read"
+		can_switch=1
+	elif command -v sudo >/dev/null && sudo -n -u "$user" true 2>/dev/null; then
+		can_switch=1
+	else
+		can_switch=0
+	fi
+fi
+
+# `test FLAG PATH` as the daemon's user, or refuse with WHAT it could not do; ONLY_PRINT=1 in a dry run: only print.
+check_as_user() {
+	local flag=$1 path=$2 what=$3 only_print=${4:-0}
+	if [[ $dry_run == 1 ]]; then
+		printf '+ sudo -n -u %q test %s %q\n' "$user" "$flag" "$path"
+		[[ $can_switch == 1 && $only_print == 0 ]] || return 0
+	fi
+	sudo -n -u "$user" test "$flag" "$path" ||
+		die "the daemon's user '$user' cannot $what ('sudo -u $user test $flag $path' fails): give it access (chmod o+rX on the first directory it cannot enter, and below; a home folder is often closed to other users), move the checkout, or run it as the owner with --user NAME"
+}
+
+if [[ $checks_as_user == 1 ]]; then
+	[[ $dry_run == 0 || $can_switch == 1 ]] || echo "# (these checks run for real under sudo)"
+	check_as_user -x "$repo" "enter the checkout $repo"
+	check_as_user -r "$repo/app/__main__.py" "read the service's code in $repo/app"
+	check_as_user -x "$python" "run the virtualenv's Python $python"
+	check_as_user -r "$venv_abs/pyvenv.cfg" "read the virtualenv $venv_abs"
+	check_as_user -r "$model_abs/manifest.json" "read the model directory $model_abs"
+fi
+
 new_log_dir=0
 [[ -d $log_dir ]] || new_log_dir=1
 run mkdir -p "$plist_dir" "$log_dir"
@@ -229,6 +290,11 @@ if [[ $system == 1 ]]; then
 	[[ $new_log_dir == 0 ]] || run chown "$user" "$log_dir"
 	run touch "$stdout_log" "$stderr_log"
 	run chown "$user" "$stdout_log" "$stderr_log"
+fi
+if [[ $checks_as_user == 1 ]]; then
+	# A log directory that was already there is left as is, and launchd opens the files as the job's user.
+	check_as_user -w "$stdout_log" "write its log $stdout_log" 1
+	check_as_user -w "$stderr_log" "write its log $stderr_log" 1
 fi
 
 tmp_plist="$plist.tmp.$$"

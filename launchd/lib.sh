@@ -3,7 +3,8 @@
 # for it (plist_dir, plist, domain, service): shellcheck cannot see across the `source`.
 # shellcheck disable=SC2154,SC2034
 # Shared by install.sh and uninstall.sh (sourced; written for the bash 3.2 that macOS ships): messages, the
-# dry-run runner, option values, and where a job lives. The sourcing script sets $prog first.
+# dry-run runner, option values, where a job lives, and which folders a job cannot read. The sourcing script sets
+# $prog first.
 
 die() {
 	echo "$prog: error: $*" >&2
@@ -70,4 +71,30 @@ stop_job() {
 		sleep 1
 	done
 	return 2
+}
+
+# macOS privacy protection (TCC) keeps a process out of these folders unless someone granted it access in a
+# dialog, and a launchd job has nobody to ask: the service would die at start with "Operation not permitted".
+# Other users' homes count too, since a daemon's --user need not be the one whose HOME this is. (The patterns are
+# kept in variables: bash 3.2 and later bashes disagree about quoting inside =~.)
+other_home_folder='^/Users/[^/]+/(Documents|Desktop|Downloads)(/|$)'
+other_icloud='^/Users/[^/]+/Library/Mobile Documents(/|$)'
+# Print which protected place the resolved path $1 is in (nothing if none); $2 is the resolved home directory.
+protected_place() {
+	local path=$1 home=$2 sub
+	for sub in Documents Desktop Downloads; do
+		if [[ $path == "$home/$sub" || $path == "$home/$sub/"* ]]; then
+			printf '%s/%s' '~' "$sub" # the words the user knows, not the expanded path
+			return
+		fi
+	done
+	if [[ $path == "$home/Library/Mobile Documents" || $path == "$home/Library/Mobile Documents/"* ]]; then
+		printf '%s' "iCloud Drive (~/Library/Mobile Documents)"
+	elif [[ $path =~ $other_home_folder ]]; then
+		printf '%s' "/Users/.../${BASH_REMATCH[1]}"
+	elif [[ $path =~ $other_icloud ]]; then
+		printf '%s' "iCloud Drive (/Users/.../Library/Mobile Documents)"
+	elif [[ $path == /Volumes/* ]]; then
+		printf '%s' "an external volume (/Volumes/...)"
+	fi
 }

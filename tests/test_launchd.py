@@ -14,6 +14,8 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAUNCHD = REPO / "launchd"
 INSTALL = LAUNCHD / "install.sh"
 UNINSTALL = LAUNCHD / "uninstall.sh"
+LIB = LAUNCHD / "lib.sh"
 LABEL = "local.deepspeech.stt"
 
 # Keys launchd.plist(5) documents, with the types it expects; a typo or a wrong type fails here as on the Mac.
@@ -39,10 +42,13 @@ LAUNCHD_KEYS: dict[str, type | tuple[type, ...]] = {
     "ExitTimeOut": int,
     "ProcessType": str,
     "SoftResourceLimits": dict,
+    "HardResourceLimits": dict,
     "StandardOutPath": str,
     "StandardErrorPath": str,
 }
 PLIST_TYPES = (dict, list, str, int, bool)
+# macOS's OPEN_MAX: a soft RLIMIT_NOFILE above it (or above kern.maxfilesperproc) is refused by setrlimit.
+DARWIN_OPEN_MAX = 10240
 
 FAKE_LAUNCHCTL = """#!/bin/bash
 # Records each call; a job is "loaded" while its state file exists.
@@ -55,6 +61,22 @@ bootstrap) [[ -z ${FAKE_BOOTSTRAP_FAIL:-} ]] || { echo "Bootstrap failed: 125: D
   [[ ! -f $state ]] || { echo "Bootstrap failed: 5: Input/output error" >&2; exit 5; }; touch "$state" ;;
 enable) ;;
 *) echo "fake launchctl: unexpected $1" >&2; exit 64 ;;
+esac
+"""
+
+# `sudo -n -u USER CMD...`, the only way install.sh uses sudo (to check what a daemon's user can read). FAKE_SUDO
+# says how it behaves: unset, like a sudo that wants a password (-n: fail at once); `self`, runs CMD as the caller,
+# except that a command naming FAKE_SUDO_DENY fails (a permission problem, injected); `runuser`, runs CMD really
+# as USER (root only), as sudo would.
+FAKE_SUDO = """#!/bin/bash
+[[ $1 == -n && $2 == -u && $# -ge 4 ]] || { echo "fake sudo: unexpected $*" >&2; exit 64; }
+user=$3
+shift 3
+echo "sudo -u $user $*" >> "$FAKE_LAUNCHCTL_LOG"
+case ${FAKE_SUDO:-} in
+self) [[ -z ${FAKE_SUDO_DENY:-} || " $* " != *" $FAKE_SUDO_DENY "* ]] || exit 1; exec "$@" ;;
+runuser) exec runuser -u "$user" -- "$@" ;;
+*) echo "sudo: a password is required" >&2; exit 1 ;;
 esac
 """
 
@@ -76,6 +98,9 @@ def env(tmp_path: Path) -> dict[str, str]:
         '\'import plistlib, sys; plistlib.load(open(sys.argv[2], "rb")); print(sys.argv[2] + ": OK")\' "$@"\n'
     )
     plutil.chmod(0o755)
+    sudo = fake_bin / "sudo"
+    sudo.write_text(FAKE_SUDO)
+    sudo.chmod(0o755)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DS_") and k != "SUDO_USER"}
     environ.update(
         HOME=str(home),
@@ -99,6 +124,7 @@ def venv(tmp_path: Path) -> Path:
     """A stand-in virtualenv, so the tests do not depend on how this one was made."""
     directory = tmp_path / "venv"
     (directory / "bin").mkdir(parents=True)
+    (directory / "pyvenv.cfg").write_text("home = /usr/bin\n")
     for name in ("python", "uvicorn"):
         (directory / "bin" / name).write_text("#!/bin/sh\n")
         (directory / "bin" / name).chmod(0o755)
@@ -148,7 +174,10 @@ def test_agent_plist_renders_a_valid_launchd_job(env: dict[str, str], model_dir:
     assert 1 <= job["ThrottleInterval"] <= 60
     assert job["ProcessType"] in {"Interactive", "Standard"}
     assert job["ExitTimeOut"] > 20  # longer than uvicorn's graceful shutdown
-    assert job["SoftResourceLimits"]["NumberOfFiles"] >= 1024
+    soft, hard = job["SoftResourceLimits"]["NumberOfFiles"], job["HardResourceLimits"]["NumberOfFiles"]
+    # launchd's default hard limit is unlimited, which setrlimit refuses as a soft limit.
+    assert 1024 <= soft <= hard <= DARWIN_OPEN_MAX
+    assert set(job["SoftResourceLimits"]) == set(job["HardResourceLimits"]) == {"NumberOfFiles"}
     assert "UserName" not in job  # an agent runs as the user who installed it
 
     args = job["ProgramArguments"]
@@ -233,6 +262,116 @@ def test_system_daemon(env: dict[str, str], model_dir: Path, venv: Path) -> None
     if os.geteuid() != 0:
         assert "needs sudo" in out
 
+    # What the daemon's user must be able to do is printed (the fake sudo wants a password, so not run), the
+    # reads before anything is created, the log writes once the logs are chowned, all before the bootstrap.
+    assert "# (these checks run for real under sudo)" in out
+    checks = [line for line in out.splitlines() if line.startswith(f"+ sudo -n -u {user} test ")]
+    assert checks[:3] == [
+        f"+ sudo -n -u {user} test -x {REPO}",
+        f"+ sudo -n -u {user} test -r {REPO}/app/__main__.py",
+        f"+ sudo -n -u {user} test -x {venv}/bin/python",
+    ]
+    assert checks[-2:] == [
+        f"+ sudo -n -u {user} test -w /Library/Logs/{LABEL}/stdout.log",
+        f"+ sudo -n -u {user} test -w /Library/Logs/{LABEL}/stderr.log",
+    ]
+    assert any(" test -r " in line and line.endswith("/manifest.json") for line in checks)
+    assert out.index(checks[0]) < out.index("+ mkdir") < out.index("+ chown") < out.index(checks[-1])
+    assert out.index(checks[-1]) < out.index("launchctl bootstrap")
+
+
+@pytest.mark.parametrize(
+    ("denied", "reason"),
+    [
+        ("{repo}", "cannot enter the checkout"),
+        ("{repo}/app/__main__.py", "cannot read the service's code"),
+        ("{venv}/bin/python", "cannot run the virtualenv's Python"),
+        ("{venv}/pyvenv.cfg", "cannot read the virtualenv"),
+        ("{model}/manifest.json", "cannot read the model directory"),
+    ],
+)
+def test_a_daemon_user_that_cannot_read_is_refused(
+    env: dict[str, str], model_dir: Path, venv: Path, denied: str, reason: str
+) -> None:
+    """Injected: the fake sudo runs the checks as the caller and fails the one naming `denied`."""
+    path = denied.format(repo=REPO, venv=venv, model=model_dir)
+    env = {**env, "FAKE_SUDO": "self", "FAKE_SUDO_DENY": path}
+    result = run(
+        INSTALL,
+        *("--dry-run", "--system", "--user", "nobody", "--model-dir", str(model_dir), "--venv", str(venv)),
+        env=env,
+    )
+    one_line_error(result, f"the daemon's user 'nobody' {reason}", path, "chmod o+rX", "--user NAME")
+    assert "+ mkdir" not in result.stdout and "bootstrap" not in result.stdout  # refused before anything
+    last_check = Path(env["FAKE_LAUNCHCTL_LOG"]).read_text().splitlines()[-1]
+    # The check was run, not just printed.
+    assert last_check.startswith("sudo -u nobody test -") and last_check.endswith(f" {path}")
+
+
+@pytest.fixture
+def temporary_user() -> Iterator[str]:
+    """A real system user with no home, removed afterwards (needs root, runuser and useradd: Linux)."""
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("runuser", "useradd", "userdel")):
+        pytest.skip("a temporary user needs root, runuser, useradd and userdel")
+    name = f"dsstt-test-{os.getpid()}"
+    created = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--no-user-group", "--shell", "/usr/sbin/nologin", name],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if created.returncode != 0:
+        pytest.skip(f"useradd failed: {created.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True, timeout=30)
+
+
+def test_a_real_daemon_user_is_checked_as_that_user(env: dict[str, str], temporary_user: str) -> None:
+    """The checks run as the daemon's user (the fake sudo switches with runuser, as sudo would): what it may read
+    passes, a model directory only root can enter is refused with the reason."""
+    if subprocess.run(["runuser", "-u", temporary_user, "--", "test", "-r", str(INSTALL)]).returncode != 0:
+        pytest.skip(f"{REPO} is not readable by other users")
+    # Not under tmp_path: pytest's base temporary directory is private to the user running the tests.
+    shared = Path(tempfile.mkdtemp(prefix="stt-launchd-"))
+    try:
+        shared.chmod(0o755)
+        venv = shared / "venv"
+        (venv / "bin").mkdir(parents=True)
+        (venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        for name in ("python", "uvicorn"):
+            (venv / "bin" / name).write_text("#!/bin/sh\n")
+            (venv / "bin" / name).chmod(0o755)
+        model = shared / "model"
+        model.mkdir()
+        (model / "manifest.json").write_text("{}")
+        args = [
+            "--dry-run",
+            "--system",
+            "--user",
+            temporary_user,
+            "--model-dir",
+            str(model),
+            "--venv",
+            str(venv),
+        ]
+        env = {**env, "FAKE_SUDO": "runuser"}
+
+        result = run(INSTALL, *args, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "run for real under sudo" not in result.stdout
+        calls = Path(env["FAKE_LAUNCHCTL_LOG"]).read_text()
+        assert f"sudo -u {temporary_user} test -r {model}/manifest.json" in calls  # run, not just printed
+
+        model.chmod(0o700)  # root's alone
+        result = run(INSTALL, *args, env=env)
+        one_line_error(
+            result, f"the daemon's user '{temporary_user}' cannot read the model directory", str(model)
+        )
+    finally:
+        shutil.rmtree(shared)
+
 
 def test_system_daemon_needs_root(env: dict[str, str], model_dir: Path, venv: Path) -> None:
     if os.geteuid() == 0:
@@ -240,6 +379,120 @@ def test_system_daemon_needs_root(env: dict[str, str], model_dir: Path, venv: Pa
     result = run(INSTALL, "--system", "--model-dir", str(model_dir), "--venv", str(venv), env=env)
     assert result.returncode != 0
     assert "sudo launchd/install.sh --system" in result.stderr
+
+
+def copy_checkout(root: Path) -> Path:
+    """The launchd scripts copied into a checkout at `root` (for the checks on where a checkout is); its
+    install.sh."""
+    (root / "launchd").mkdir(parents=True)
+    for name in ("install.sh", "lib.sh", "local.deepspeech.stt.plist.in"):
+        shutil.copy2(LAUNCHD / name, root / "launchd" / name)
+    return root / "launchd" / "install.sh"
+
+
+# Folders under HOME that macOS privacy protection (TCC) keeps launchd jobs out of, and how the error names them.
+PROTECTED = [
+    ("Documents", "~/Documents"),
+    ("Desktop", "~/Desktop"),
+    ("Downloads", "~/Downloads"),
+    ("Library/Mobile Documents/com~apple~CloudDocs", "iCloud Drive (~/Library/Mobile Documents)"),
+]
+
+
+@pytest.mark.parametrize("what", ["checkout", "virtualenv", "model directory"])
+@pytest.mark.parametrize(("folder", "place"), PROTECTED)
+def test_protected_folders_are_refused(
+    env: dict[str, str], model_dir: Path, venv: Path, what: str, folder: str, place: str
+) -> None:
+    inside = Path(env["HOME"]) / folder / "stt"
+    script, venv_arg, model_arg = INSTALL, venv, model_dir
+    if what == "checkout":
+        script = copy_checkout(inside)
+    elif what == "virtualenv":
+        venv_arg = Path(shutil.copytree(venv, inside))
+    else:
+        model_arg = Path(shutil.copytree(model_dir, inside))
+    result = run(script, "--dry-run", "--model-dir", str(model_arg), "--venv", str(venv_arg), env=env)
+    one_line_error(result, f"the {what} {inside} is in {place}, ", "privacy protection (TCC)", "launchd jobs")
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("what", ["checkout", "virtualenv", "model directory"])
+def test_protected_folders_are_found_through_symlinks(
+    env: dict[str, str], model_dir: Path, venv: Path, what: str
+) -> None:
+    home = Path(env["HOME"])
+    real = home / "Downloads" / "stt"
+    link = home / "stt"  # what the user typed; where the files are is what TCC checks
+    script, venv_arg, model_arg = INSTALL, venv, model_dir
+    if what == "checkout":
+        copy_checkout(real)
+        script = link / "launchd" / "install.sh"
+    elif what == "virtualenv":
+        shutil.copytree(venv, real)
+        venv_arg = link
+    else:
+        shutil.copytree(model_dir, real)
+        model_arg = link
+    link.symlink_to(real)
+    result = run(script, "--dry-run", "--model-dir", str(model_arg), "--venv", str(venv_arg), env=env)
+    one_line_error(result, f"the {what} {link} (really {real}) is in ~/Downloads")
+
+
+def test_folders_that_only_look_protected_are_fine(env: dict[str, str], model_dir: Path, venv: Path) -> None:
+    home = Path(env["HOME"])
+    for near_miss in ("Documents-old/stt", "src/Documents/stt", "Library/Mobile"):
+        model = Path(shutil.copytree(model_dir, home / near_miss))
+        _, _, job = dry_run(env, "--model-dir", str(model), "--venv", str(venv))
+        assert job["EnvironmentVariables"]["DS_MODEL_DIR"] == str(model)
+    # A link out of a protected folder is fine, and is kept as given (a models/current link can be repointed).
+    (home / "Documents").mkdir()
+    (home / "Documents" / "current").symlink_to(model_dir)
+    link = home / "models-current"
+    link.symlink_to(model_dir)
+    _, _, job = dry_run(env, "--model-dir", str(link), "--venv", str(venv))
+    assert job["EnvironmentVariables"]["DS_MODEL_DIR"] == str(link)
+
+
+@pytest.mark.parametrize(
+    ("path", "place"),
+    [
+        ("/Volumes/Backup/stt", "an external volume (/Volumes/...)"),
+        ("/Volumes/USB", "an external volume (/Volumes/...)"),
+        ("/Users/me/Desktop", "~/Desktop"),
+        ("/Users/me/Documents/src/stt", "~/Documents"),
+        ("/Users/me/Library/Mobile Documents/x", "iCloud Drive (~/Library/Mobile Documents)"),
+        ("/Users/other/Downloads/stt", "/Users/.../Downloads"),  # a daemon's --user may not be HOME's owner
+        ("/Users/other/Library/Mobile Documents/x", "iCloud Drive (/Users/.../Library/Mobile Documents)"),
+        ("/Users/me", ""),
+        ("/Users/me/src/stt", ""),
+        ("/Users/me/Documents2/stt", ""),
+        ("/Users/me/src/Documents/stt", ""),
+        ("/Users/other/src/Downloads", ""),
+        ("/usr/local/stt", ""),
+        ("/VolumesX/stt", ""),
+    ],
+)
+def test_protected_place(path: str, place: str) -> None:
+    """lib.sh's classification of a resolved path, /Volumes included (which cannot be made on Linux)."""
+    result = subprocess.run(
+        ["bash", "-c", 'prog=test; source "$1"; protected_place "$2" "$3"', "-", str(LIB), path, "/Users/me"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == place
+
+
+def test_help_names_what_the_job_runs(env: dict[str, str], model_dir: Path, venv: Path) -> None:
+    result = run(INSTALL, "--help", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "bin/python -m app" in result.stdout
+    assert "uvicorn" not in result.stdout  # the job runs python -m app, not uvicorn's command line
+    assert "~/Documents" in result.stdout and "/Volumes" in result.stdout
+    _, _, job = dry_run(env, "--model-dir", str(model_dir), "--venv", str(venv))
+    assert job["ProgramArguments"][1:] == ["-m", "app"]
 
 
 def one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> None:
