@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.speech.runtime.coreml_backend import WINDOW_STEPS
 from app.speech.runtime.cores import default_threads
 
 
@@ -23,6 +24,17 @@ class Settings(BaseSettings):
     )
     backend: Literal["auto", "numpy", "coreml"] = "auto"
     compute_units: Literal["ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE"] = "ALL"
+    coreml_cache_dir: Path | None = Field(
+        None,
+        description="where the Core ML packages are compiled once and kept between starts, by sha256 "
+        "(default: ~/Library/Caches/deepspeech-coreml)",
+    )
+    coreml_window_steps: int = Field(
+        WINDOW_STEPS,
+        ge=1,
+        description="whole-file window of one Core ML prediction, in 20 ms steps (200: 4 s of audio); a "
+        "prediction holds the GIL, so every stream waits for it: keep it well under the stream latency you need",
+    )
     numpy_threads: int = Field(
         default_factory=default_threads,
         ge=1,

@@ -17,6 +17,11 @@ from tests.support.audio import pcm16, speak  # noqa: E402
 from tests.support.models import SMALL_WIDTH  # noqa: E402
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here rather than in pyproject.toml's list; tests/test_coreml_mac.py skips them off macOS.
+    config.addinivalue_line("markers", "coreml: runs real Core ML (macOS with coremltools; skipped elsewhere)")
+
+
 @pytest.fixture(scope="session")
 def alphabet_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from app.speech.alphabet import ENGLISH

@@ -65,7 +65,10 @@ class IncrementalTranscription:
             self._samples = None
         piece = next(self._blocks, None)
         if piece is not None and len(piece):
-            probs, self._state = self._model.run_window(piece, self._state)
+            if self._steps + len(piece) >= self._total:  # the last piece: its state is not needed
+                probs = self._model.run_last_window(piece, self._state)
+            else:
+                probs, self._state = self._model.run_window(piece, self._state)
             self._decoder.feed(probs)
             self._steps += len(piece)
         if piece is None or self._steps >= self._total:

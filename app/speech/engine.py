@@ -48,7 +48,12 @@ class Engine:
         started = time.monotonic()
         model_dir = load_model_directory(settings.model_dir, verify_hashes=settings.verify_model_hashes)
         model = load_acoustic_model(
-            model_dir, settings.backend, settings.compute_units, settings.numpy_threads
+            model_dir,
+            settings.backend,
+            settings.compute_units,
+            settings.numpy_threads,
+            coreml_cache_dir=settings.coreml_cache_dir,
+            coreml_window_steps=settings.coreml_window_steps,
         )
         decoder = build_decoder(model_dir, settings)
         log.info(
@@ -88,9 +93,16 @@ class Engine:
         started = time.monotonic()
         state = LstmState.zeros(self.model.n_cell_dim)
         parts = [np.zeros((0, self.model.n_classes), np.float32)]
-        for windows in context_window_blocks(mfcc(samples), self.model.max_steps):
-            probs, state = self.model.run_window(windows, state)
-            parts.append(probs)
+        blocks = context_window_blocks(mfcc(samples), self.model.max_steps)
+        windows = next(blocks, None)
+        while windows is not None:
+            following = next(blocks, None)
+            if following is None:  # the last: its state is not needed, so a backend may pad it
+                parts.append(self.model.run_last_window(windows, state))
+            else:
+                probs, state = self.model.run_window(windows, state)
+                parts.append(probs)
+            windows = following
         transcript = self.decoder.decode(np.concatenate(parts), hot_words=hot, alternatives=alternatives)
         return Transcription(transcript, len(samples) / 16000.0, time.monotonic() - started)
 

@@ -56,6 +56,11 @@ class AcousticModel(ABC):
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         """Dynamic model: windows (T, 19, 26), 1 ≤ T ≤ max_steps, all valid → probs (T, classes)."""
 
+    def run_last_window(self, windows: np.ndarray, state: LstmState) -> np.ndarray:
+        """`run_window` for a file's last window, whose state nobody reads: probs only. A backend may pad it to a
+        shape it runs faster (the LSTM is causal, so padding after the last window changes no probability)."""
+        return self.run_window(windows, state)[0]
+
     def run_long(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         """Any number of windows through the dynamic model in consecutive calls of ≤ max_steps, state carried.
 

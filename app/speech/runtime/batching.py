@@ -100,6 +100,9 @@ class BatchingModel(AcousticModel):
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         return self.model.run_window(windows, state)
 
+    def run_last_window(self, windows: np.ndarray, state: LstmState) -> np.ndarray:
+        return self.model.run_last_window(windows, state)
+
     def run_long(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         return self.model.run_long(windows, state)
 
