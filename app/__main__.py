@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from app.main import app_from_environment, settings_problems
 from app.settings import Settings
+from app.web.connections import guarded_protocol
 from app.web.logs import configure_logging
 
 log = logging.getLogger("app")
@@ -150,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     # Configured here as well as when uvicorn imports the app, so that the line below is in the service's format.
     configure_logging(settings.log_format, settings.log_level.upper())
-    raise_open_file_limit()
+    open_files = raise_open_file_limit()
     config = uvicorn.Config(
         "app.main:app",
         host=settings.host,
@@ -162,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
         # would close live streams (1011) without a word. Dead clients are caught by DS_STREAM_IDLE_TIMEOUT and
         # DS_STREAM_SEND_TIMEOUT instead.
         ws_ping_timeout=None,
+        # httptools with a header deadline, a header size cap and a connection cap (app/web/connections.py)
+        http=guarded_protocol(settings, open_files),
     )
     server = DrainingServer(config, settings.shutdown_grace_seconds)
     server.run()

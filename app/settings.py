@@ -74,6 +74,20 @@ class Settings(BaseSettings):
         ge=0,
         description="how long a resumable stream's state waits for the client to reconnect (0: never)",
     )
+    stream_coalesce_ms: float = Field(
+        100.0,
+        ge=0,
+        le=1000,
+        description="PCM frames of a stream are gathered until this much audio (or this long) before they go "
+        "through the model together: tiny frames cost what 100 ms ones do (0: each frame on its own)",
+    )
+    stream_backlog_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="audio (seconds of 16 kHz 16-bit PCM: 1.9 MB at 60) a stream's client may send ahead of the "
+        "server; it is read off the connection at once, so pings are answered and a close is seen whatever "
+        "the backlog; beyond it the connection is not read until the server catches up",
+    )
     stream_batching: bool = Field(
         True, description="run the LSTM steps of concurrent streams as one batch (NumPy backend)"
     )
@@ -106,6 +120,36 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or one JSON object each"
+    )
+    header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a client has for a request's line and headers, from connecting (or from the first "
+        "byte of a later request on a kept-alive connection); then it is closed, with a 408 if it sent part of them",
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="seconds a request body may go without a byte arriving (408 then)"
+    )
+    min_upload_bytes_per_second: int = Field(
+        16384,
+        ge=0,
+        description="slowest average body rate, after a slack of DS_BODY_TIMEOUT_SECONDS (408 below it; 0: none)",
+    )
+    max_header_bytes: int = Field(
+        65536, ge=1024, description="request line and headers, in bytes (431 above it, before they are all read)"
+    )
+    max_connections: int | None = Field(
+        None,
+        ge=1,
+        description="connections (HTTP and websocket) open at once; at the cap the longest-idle one is closed for "
+        "a new one, or the new one gets 503 if none is idle. Default: the soft open-file limit less a reserve "
+        "for the service's own files (64 descriptors, or an eighth of the limit where that is more)",
+    )
+    max_buffered_upload_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="upload bytes held in memory at once, over all requests (503 + Retry-After beyond it, before "
+        "a body is read); an upload alone is always taken",
     )
 
     @field_validator("cors_origins", mode="before")

@@ -52,7 +52,7 @@ from app.service.uploads import StreamedTranscription, transcribe_upload
 from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words
 from app.speech.engine import Engine
 from app.speech.runtime import InferenceError
-from app.web.deps import EngineDep, ServicesDep
+from app.web.deps import EngineDep, ServicesDep, UploadTicketDep
 from app.web.errors import ApiError, api_error, error_payload
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -258,10 +258,14 @@ TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: _error_doc("a bad field, a missing file, or empty audio"),
     401: _error_doc("DS_API_KEY is set and the request lacks that key (invalid_api_key)"),
+    408: _error_doc("the body stalled or arrived too slowly (request_timeout)"),
     413: _error_doc("upload larger than DS_MAX_UPLOAD_BYTES, or audio longer than the duration cap"),
     415: _error_doc("audio that cannot be decoded"),
     500: _error_doc("the model failed on this audio"),
-    503: _error_doc("every worker busy and the queue full (server_busy), or the server is shutting down"),
+    503: _error_doc(
+        "every worker busy and the queue full, or the buffered-upload budget spent (server_busy, before the body "
+        "is read), or the server is shutting down"
+    ),
 }
 
 
@@ -272,7 +276,7 @@ TRANSCRIPTION_RESPONSES: dict[int | str, dict[str, Any]] = {
     response_class=Response,
     summary="Transcribe audio (OpenAI-compatible)",
 )
-async def create_transcription(request: Request, services: ServicesDep) -> Response:
+async def create_transcription(request: Request, services: ServicesDep, ticket: UploadTicketDep) -> Response:
     """OpenAI's `audio.transcriptions.create`; see the module documentation for what each field does here."""
     req = await _parse(request, services.settings.language)
     try:
@@ -280,14 +284,14 @@ async def create_transcription(request: Request, services: ServicesDep) -> Respo
     except DecodeOptionError as exc:
         raise ApiError(400, str(exc), param="hot_words", code="invalid_hot_words") from exc
     if req.stream:
-        job = await StreamedTranscription.start(services, ROUTE, req.data, hot)
+        job = await StreamedTranscription.start(services, ROUTE, req.data, hot, ticket)
         return StreamingResponse(
             _sse(job, request.url.path),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             background=BackgroundTask(job.release),  # also when the body never ran (client gone)
         )
-    upload = await transcribe_upload(services, ROUTE, req.data, hot_words=hot)
+    upload = await transcribe_upload(services, ROUTE, req.data, hot_words=hot, ticket=ticket)
     return _formatted(upload.result.transcript, upload.duration, req, services.settings.language)
 
 

@@ -12,7 +12,7 @@ from app.service import subtitles
 from app.service.rendering import TranscriptionResponse, render_text, transcription_response
 from app.service.uploads import transcribe_upload
 from app.speech.decoding import MAX_ALTERNATIVES, parse_hot_words
-from app.web.deps import ServicesDep
+from app.web.deps import ServicesDep, UploadTicketDep
 
 router = APIRouter(tags=["transcription"])
 
@@ -50,10 +50,14 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
         "model": InvalidRequest,
         "description": "invalid hot words or alternatives, or a missing `file` field",
     },
+    408: {
+        "model": ErrorMessage,
+        "description": "the body stalled (DS_BODY_TIMEOUT_SECONDS) or arrived below DS_MIN_UPLOAD_BYTES_PER_SECOND",
+    },
     503: {
         "model": ErrorMessage,
-        "description": "every worker busy and the queue full (retry after the Retry-After seconds), or the "
-        "server is shutting down",
+        "description": "every worker busy and the queue full, or DS_MAX_BUFFERED_UPLOAD_BYTES of uploads held "
+        "(both before the body is read; retry after the Retry-After seconds), or the server is shutting down",
     },
 }
 
@@ -66,6 +70,7 @@ OTHER_FORMATS: dict[int | str, dict[str, Any]] = {
 )
 async def transcribe(
     services: ServicesDep,
+    ticket: UploadTicketDep,
     file: Annotated[
         UploadFile,
         File(description="audio: WAV, FLAC, MP3, M4A/AAC, OGG (Vorbis/Opus) or WebM; any rate, any channels"),
@@ -85,7 +90,7 @@ async def transcribe(
     engine = services.engine
     hot = engine.decoder.check_options(hot_words=parse_hot_words(hot_words), alternatives=alternatives)
     upload = await transcribe_upload(
-        services, "/transcribe", await file.read(), hot_words=hot, alternatives=alternatives
+        services, "/transcribe", await file.read(), hot_words=hot, alternatives=alternatives, ticket=ticket
     )
     if format == "json":
         return transcription_response(upload.result, upload.duration, engine)

@@ -2,15 +2,14 @@
 
 Inference runs in worker threads (never on the event loop); this admits at most `workers` of them at a time,
 lets at most `queue` more wait, and refuses the rest at once (HTTP 503 with Retry-After) instead of letting
-latency grow without bound. `/health` and `/ready` never pass through it, so they answer while every worker is
+latency grow without bound. An upload takes its place before its body is read (app/web/limits.py), so the
+queue also bounds the uploads arriving at once. `/health` and `/ready` never pass through it, so they answer while every worker is
 busy. Streams are admitted separately (`max_streams`): each holds state for its whole life.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 
 class ServiceBusy(RuntimeError):
@@ -40,21 +39,17 @@ class Admission:
     def reserve(self) -> Ticket:
         """Take a place in the queue now (ServiceBusy if none is free); `async with` the ticket to run.
 
-        Separate from running so that a streamed response (SSE) is refused with a 503 before its status line
-        is sent, and waits for its worker inside the response body.
+        Separate from running so that an upload is refused before its body is read, and a streamed response
+        (SSE) with a 503 before its status line is sent, waiting for its worker inside the response body.
         """
-        if self._busy >= self.workers and self._waiting >= self.queue:
+        # Counted together: a place taken before an upload's body is read (app/web/limits.py) waits for no
+        # worker yet, but it will, so it must not leave room for `workers` more.
+        if self._busy + self._waiting >= self.workers + self.queue:
             raise ServiceBusy(
                 f"all {self.workers} workers are busy and {self._waiting} requests are queued; retry shortly"
             )
         self._waiting += 1
         return Ticket(self)
-
-    @asynccontextmanager
-    async def inference(self) -> AsyncIterator[None]:
-        """Hold one worker slot for a whole-file transcription; ServiceBusy if none is free and the queue is full."""
-        async with self.reserve():
-            yield
 
     def open_stream(self) -> bool:
         """Count a new stream in; False when `max_streams` are already open."""

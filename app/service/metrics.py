@@ -84,7 +84,7 @@ class Metrics:
         self.ready = Gauge("ds_ready", "1 once models are loaded and warmed up, else 0", registry=r)
         self.queue_depth = Gauge(
             "ds_queue_depth",
-            "Transcriptions waiting for a worker (503 once DS_QUEUE_LENGTH wait)",
+            "Transcriptions waiting for a worker, uploads still arriving included (503 once DS_QUEUE_LENGTH wait)",
             registry=r,
         )
         self.workers_busy = Gauge(

@@ -24,10 +24,17 @@ class UploadTranscription:
 
 
 async def transcribe_upload(
-    services: Services, route: str, data: bytes, *, hot_words: HotWords | None = None, alternatives: int = 1
+    services: Services,
+    route: str,
+    data: bytes,
+    *,
+    hot_words: HotWords | None = None,
+    alternatives: int = 1,
+    ticket: Ticket | None = None,
 ) -> UploadTranscription:
-    """A whole file: decoding counts against the workers too (a compressed upload can take long to decode)."""
-    async with services.admission.inference():
+    """A whole file: decoding counts against the workers too (a compressed upload can take long to decode).
+    `ticket`: the queue place taken before the upload was read (else one is taken now)."""
+    async with ticket if ticket is not None else services.admission.reserve():
         samples, duration = await run_sync(decode_audio, data, services.settings.max_audio_seconds)
         result = await run_sync(
             lambda: services.engine.transcribe(samples, hot_words=hot_words, alternatives=alternatives)
@@ -50,9 +57,15 @@ class StreamedTranscription:
 
     @classmethod
     async def start(
-        cls, services: Services, route: str, data: bytes, hot_words: HotWords | None
+        cls,
+        services: Services,
+        route: str,
+        data: bytes,
+        hot_words: HotWords | None,
+        ticket: Ticket | None = None,
     ) -> StreamedTranscription:
-        ticket = services.admission.reserve()  # ServiceBusy now, while an error status can still be sent
+        if ticket is None:  # else taken before the upload was read
+            ticket = services.admission.reserve()  # ServiceBusy now, while an error status can still be sent
         try:
             samples, _ = await run_sync(decode_audio, data, services.settings.max_audio_seconds)
         except BaseException:

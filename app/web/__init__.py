@@ -1,5 +1,6 @@
-"""Web infrastructure, in one place: auth, upload limits, drain, instrumentation and the access log, the error
-table, typed dependencies. None of it imports a route; `install_web_layer` puts it in front of the routes."""
+"""Web infrastructure, in one place: auth, body limits and upload admission, drain, instrumentation and the
+access log, the error table, typed dependencies, and the connection guard uvicorn runs (app/web/connections.py).
+None of it imports a route; `install_web_layer` puts it in front of the routes."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from app.web.auth import ApiKeyAuth
 from app.web.drain import DrainMiddleware
 from app.web.errors import install_error_handlers
 from app.web.instrumentation import Instrumentation
-from app.web.limits import UploadLimit
+from app.web.limits import BodyDeadline, UploadAdmission, UploadLimit
 from app.web.logs import redact_api_keys
 
 log = logging.getLogger("app")
@@ -27,9 +28,19 @@ def install_web_layer(app: FastAPI, services: Services) -> None:
     # file part over 1 MB to a temporary file, and audio must not touch the disk (process-wide class attribute).
     MultiPartParser.spool_max_size = settings.max_upload_bytes
     # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
-    # 401s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) -> ApiKeyAuth
-    # (refuses before any body is read) -> UploadLimit -> the routes.
+    # 401s, 408s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) ->
+    # ApiKeyAuth (refuses before any body is read) -> BodyDeadline (408 for a stalled or too slow body) ->
+    # UploadLimit (413) -> UploadAdmission (the upload routes: queue place and buffered-bytes budget, 503 before
+    # the body is read) -> the routes.
+    app.add_middleware(
+        UploadAdmission, admission=services.admission, budget_bytes=settings.max_buffered_upload_bytes
+    )
     app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(
+        BodyDeadline,
+        idle_seconds=settings.body_timeout_seconds,
+        min_bytes_per_second=settings.min_upload_bytes_per_second,
+    )
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
     if api_key:
         app.add_middleware(ApiKeyAuth, api_key=api_key, metrics_public=settings.metrics_public)

@@ -1,8 +1,9 @@
 """Every error a client can get over HTTP, in one place: the table from the pipeline's and the service's error
 types to (status, code, message), rendered as `{"detail": message}` or, under `/v1/`, OpenAI's
 `{"error": {"message", "type", "param", "code"}}` (the OpenAI SDKs read that shape and raise their typed
-errors). Exception handlers, the raw ASGI middlewares (auth, upload cap, drain) and the SSE stream's in-band
-error all render through here, so a status or a message is decided once.
+errors). Exception handlers, the raw ASGI middlewares (auth, upload cap and admission, body deadline, drain),
+the connection guard (header deadline and size, connection cap) and the SSE stream's in-band error all render
+through here, so a status or a message is decided once.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -102,6 +104,64 @@ def upload_too_large(max_bytes: int) -> ApiError:
     )
 
 
+CLOSE = (("connection", "close"),)  # the client stopped sending, or sent too much: no keep-alive after this
+
+
+def header_timeout(seconds: float) -> ApiError:
+    return ApiError(
+        408,
+        f"request headers not complete within {seconds:g} s; raise DS_HEADER_TIMEOUT_SECONDS for slower clients",
+        code="request_timeout",
+        headers=CLOSE,
+    )
+
+
+def headers_too_large(max_bytes: int) -> ApiError:
+    return ApiError(
+        431,
+        f"request line and headers larger than {max_bytes} bytes; raise DS_MAX_HEADER_BYTES or send fewer",
+        code="request_header_fields_too_large",
+        headers=CLOSE,
+    )
+
+
+def too_many_connections(max_connections: int) -> ApiError:
+    return ApiError(
+        503,
+        f"the server holds its maximum of {max_connections} connections and none is idle; retry shortly "
+        "(DS_MAX_CONNECTIONS)",
+        code="too_many_connections",
+        type="server_error",
+        headers=(("retry-after", "1"), *CLOSE),
+    )
+
+
+def body_timeout(seconds: float) -> ApiError:
+    return ApiError(
+        408,
+        f"no request body arrived for {seconds:g} s; raise DS_BODY_TIMEOUT_SECONDS for slower clients",
+        code="request_timeout",
+        headers=CLOSE,
+    )
+
+
+def body_too_slow(min_bytes_per_second: int) -> ApiError:
+    return ApiError(
+        408,
+        f"the request body arrived at less than {min_bytes_per_second} bytes a second; lower "
+        "DS_MIN_UPLOAD_BYTES_PER_SECOND for slower clients",
+        code="request_timeout",
+        headers=CLOSE,
+    )
+
+
+def upload_budget_full(held: int, budget: int) -> ServiceBusy:
+    return ServiceBusy(
+        f"{held} bytes of uploads are held already, and this one would go over DS_MAX_BUFFERED_UPLOAD_BYTES "
+        f"({budget}); retry shortly"
+    )
+
+
 def api_error(exc: Exception, path: str) -> ApiError:
     """The ApiError for an exception of the table (logged where its text stays in the server log); others raise."""
     if isinstance(exc, ApiError):
@@ -163,6 +223,15 @@ async def send_error(
     await send_json(
         send, error.status, error_payload(path, error), (*headers, *(h for h in own if h[0] not in names))
     )
+
+
+def raw_response(path: str, error: ApiError) -> bytes:
+    """`error` as a whole HTTP/1.1 response, for the connection guard (app/web/connections.py), which answers
+    from the protocol before any request reaches the app."""
+    body = json.dumps(error_payload(path, error)).encode()
+    lines = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}", "content-type: application/json"]
+    lines += [f"content-length: {len(body)}", *(f"{name}: {value}" for name, value in error.headers)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
 def install_error_handlers(app: FastAPI) -> None:
