@@ -5,11 +5,8 @@ SIGTERM takes."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +16,7 @@ from websockets.sync.client import connect
 
 from tests.support.audio import pcm16, speak
 from tests.support.metrics import scrape, value
-from tests.support.server import ROOT, free_port, running_server
+from tests.support.server import ROOT, running_server
 
 KEY = "s3cret-probe-key"
 MODEL = {"DS_MODEL_DIR": str(ROOT / "models" / "default"), "DS_BEAM_WIDTH": "64"}
@@ -100,44 +97,23 @@ def test_metrics_report_resident_memory() -> None:
     assert value(samples, "process_resident_memory_bytes") > 50e6
 
 
-def test_sigterm_exits_within_the_grace_the_readme_states(tmp_path: Path) -> None:
+def test_sigterm_exits_within_the_grace_the_readme_states() -> None:
     """An upload that never finishes holds the drain: the process exits at DS_SHUTDOWN_GRACE_SECONDS, not at the
     grace plus uvicorn's own graceful-shutdown timeout."""
-    port = free_port()
-    env = {**MODEL, "DS_PORT": str(port), "DS_SHUTDOWN_GRACE_SECONDS": "2"}
-    with (tmp_path / "server.log").open("w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"], cwd=ROOT, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        _wait_ready(port)
-        with socket.create_connection(("127.0.0.1", port)) as upload:
+    with running_server({**MODEL, "DS_SHUTDOWN_GRACE_SECONDS": "2"}, ready="/ready") as base:
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as upload:
             upload.sendall(
                 b"POST /transcribe HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
                 b"Content-Length: 1000000\r\n\r\n--b\r\n"
             )
             time.sleep(0.5)  # the request is in flight
             started = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=20) == 0
+            base.process.send_signal(signal.SIGTERM)
+            assert base.process.wait(timeout=20) == 0
             took = time.monotonic() - started
-        # Before: the grace plus uvicorn's 5 s graceful-shutdown timeout. The margin is for a loaded machine.
-        assert 1.8 < took < 4.5, f"exited {took:.1f} s after SIGTERM with a 2 s grace"
-    finally:
-        if process.poll() is None:
-            process.kill()
-
-
-def _wait_ready(port: int) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail("the server did not become ready")
+    # Before: the grace plus uvicorn's 5 s graceful-shutdown timeout. The margin is for a loaded machine.
+    assert 1.8 < took < 4.5, f"exited {took:.1f} s after SIGTERM with a 2 s grace"
 
 
 def test_a_long_upload_returns_its_memory(tmp_path: Path) -> None:

@@ -14,9 +14,6 @@ import resource
 import select
 import socket
 import struct
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -36,7 +33,7 @@ from app.web.connections import default_max_connections
 from app.web.limits import BodyDeadline
 from tests.support.audio import encode, tone
 from tests.support.engines import BlockingEngine, wait_for
-from tests.support.server import ROOT, ServerUrl, free_port, running_server, stop_server
+from tests.support.server import ServerUrl, running_server
 
 LINUX = Path("/proc/self/status").exists()
 needs_proc = pytest.mark.skipif(not LINUX, reason="reads the server's fds and memory from /proc (Linux)")
@@ -377,35 +374,8 @@ def server_with_open_files(env: dict[str, str], open_files: int) -> Iterator[Ser
     def limit() -> None:  # in the child, before exec
         resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
 
-    port = free_port()
-    log = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1])
-    environment = {**os.environ, "DS_HOST": "127.0.0.1", "DS_PORT": str(port), **env}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "app"],
-            cwd=ROOT,
-            env=environment,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=limit,
-        )
-    base = ServerUrl(f"http://127.0.0.1:{port}")
-    base.log, base.pid = log, process.pid
-    try:
-        for _ in range(300):  # up to 60 s
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"not up in 60 s: {log.read_text()}")
+    with running_server(env, preexec_fn=limit) as base:
         yield base
-    finally:
-        stop_server(process)
-        log.unlink(missing_ok=True)
 
 
 @needs_proc

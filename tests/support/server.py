@@ -37,6 +37,7 @@ def start_server(
     *,
     uvicorn_options: Sequence[str] | None = None,
     inherit_env: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.Popen[str]:
     """`python -m app`, as `make serve` and the launchd job run it: host and port from DS_HOST/DS_PORT. With
     `uvicorn_options`, `python -m uvicorn app.main:app --host 127.0.0.1 --port PORT` followed by them instead (for
@@ -44,7 +45,7 @@ def start_server(
 
     The environment is the caller's with `env` over it, or without `inherit_env` `env` alone (plus DS_HOST and
     DS_PORT). Its output goes to `log` if given (a pipe nobody reads would fill up and block the server), else to
-    a pipe."""
+    a pipe. `preexec_fn` runs in the child before exec (resource limits)."""
     command = [sys.executable, "-m", "app"]
     if uvicorn_options is not None:
         command = [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1"]
@@ -53,11 +54,17 @@ def start_server(
     environment = {**base, "DS_HOST": "127.0.0.1", "DS_PORT": str(port), **env}
     if log is None:
         return subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            command,
+            cwd=ROOT,
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            preexec_fn=preexec_fn,
         )
     with log.open("w") as out:  # the child has its own copy of the file
         return subprocess.Popen(
-            command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True
+            command, cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, text=True, preexec_fn=preexec_fn
         )
 
 
@@ -78,6 +85,7 @@ class ServerUrl(str):
 
     log: Path
     pid: int
+    process: subprocess.Popen[str]  # to signal it and read its exit status
     start_seconds: float
 
     @property
@@ -103,6 +111,7 @@ def running_server(
     on_failure: OnFailure = fail_test,
     uvicorn_options: Sequence[str] | None = None,
     inherit_env: bool = True,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[ServerUrl]:
     """A real server (`start_server`) on a free loopback port, up once `ready` answers 200; stopped on exit.
 
@@ -112,9 +121,11 @@ def running_server(
     temporary = log is None
     log_path = Path(tempfile.mkstemp(prefix="server-", suffix=".log")[1]) if log is None else log
     started = time.monotonic()
-    process = start_server(env, port, log_path, uvicorn_options=uvicorn_options, inherit_env=inherit_env)
+    process = start_server(
+        env, port, log_path, uvicorn_options=uvicorn_options, inherit_env=inherit_env, preexec_fn=preexec_fn
+    )
     base = ServerUrl(f"http://127.0.0.1:{port}")
-    base.log, base.pid = log_path, process.pid
+    base.log, base.pid, base.process = log_path, process.pid, process
     deadline = started + wait_s
     try:
         while True:
