@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         port=settings.port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=5,  # after the drain, for whatever it left (its grace is over by then)
-        # uvicorn reads a websocket only as fast as the app takes its messages, so a client's pong waits behind
-        # every audio frame not yet transcribed: with a ping timeout, a server running 20 s behind under load
+        # uvicorn reads a websocket only as fast as the app takes its messages; a stream takes them as they come,
+        # but only DS_STREAM_BACKLOG_SECONDS ahead of the model (app/routes/websocket.py), so a client further
+        # ahead has its pong wait behind the audio: with a ping timeout, a server running far behind under load
         # would close live streams (1011) without a word. Dead clients are caught by DS_STREAM_IDLE_TIMEOUT and
         # DS_STREAM_SEND_TIMEOUT instead.
         ws_ping_timeout=None,

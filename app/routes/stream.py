@@ -72,6 +72,9 @@ class StreamDialect:
         if stream.resumable is not None:
             await stream.send({"type": "ack", "bytes": stream.state.bytes_in})
 
+    async def on_partial(self, stream: StreamController, text: str) -> None:
+        await stream.send({"type": "partial", "text": text})
+
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
         kind = control.get("type")
         if kind == "config":
@@ -135,5 +138,5 @@ class StreamDialect:
 
 @router.websocket("/stream")
 async def stream(websocket: WebSocket, services: ServicesDep) -> None:
-    channel = WebSocketChannel(websocket, authenticated=bool(services.settings.api_key))
+    channel = WebSocketChannel.for_settings(websocket, services.settings)
     await StreamController(services, channel, StreamDialect()).run()

@@ -85,6 +85,9 @@ class VoskDialect:
             return
         await stream.send({"partial": stream.session.partial_text})
 
+    async def on_partial(self, stream: StreamController, text: str) -> None:
+        return None  # one reply per client message: the next audio frame's reply carries it
+
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
         if isinstance(control.get("config"), dict):
             await self._configure(stream, control["config"])  # Vosk answers nothing to a valid config message
@@ -125,5 +128,5 @@ def _as_rate(value: Any) -> Any:
 
 @router.websocket("/vosk")
 async def vosk(websocket: WebSocket, services: ServicesDep) -> None:
-    channel = WebSocketChannel(websocket, authenticated=bool(services.settings.api_key))
+    channel = WebSocketChannel.for_settings(websocket, services.settings)
     await StreamController(services, channel, VoskDialect()).run()

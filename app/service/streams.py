@@ -1,11 +1,11 @@
 """One stream's whole life, shared by every streaming dialect (/stream, /vosk, and whatever comes next).
 
 The controller owns what every dialect needs the same way: admission against DS_MAX_STREAMS, the idle /
-max-duration / send deadlines, drain, feeding audio through the pipeline off the event loop, finals, metrics,
-parking and claiming resumable streams, and how a failure ends a stream without touching the others. A dialect
-(`StreamDialect`) only translates: its client's control messages into calls on the controller, and the
-controller's results into its wire messages. The transport hands over a `Channel` (a websocket, or any other
-framed connection), so this module knows no web framework.
+max-duration / send deadlines, drain, feeding audio through the pipeline off the event loop (tiny PCM frames
+gathered into ~100 ms passes), finals, metrics, parking and claiming resumable streams, and how a failure ends a
+stream without touching the others. A dialect (`StreamDialect`) only translates: its client's control messages
+into calls on the controller, and the controller's results into its wire messages. The transport hands over a
+`Channel` (a websocket, or any other framed connection), so this module knows no web framework.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, Protocol
 
@@ -30,7 +30,7 @@ from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
 from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words, phrase_list_hot_words
 from app.speech.runtime import InferenceError
 from app.speech.session import StreamSession
-from app.speech.stream_audio import StreamAudio
+from app.speech.stream_audio import PcmInput, StreamAudio
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,8 @@ class Channel(Protocol):
 
     async def accept(self) -> None: ...
     async def receive(self) -> bytes | str:
-        """The next frame; raises ChannelClosed when the client has gone."""
+        """The next frame; raises ChannelClosed when the client has gone. A channel should keep reading its
+        connection while the stream is busy (pings answered, a close seen: app/routes/websocket.py)."""
         ...
 
     async def send(self, message: dict[str, Any]) -> None: ...
@@ -99,6 +100,9 @@ class StreamState:
     session: StreamSession
     audio: StreamAudio | None = None
     bytes_in: int = 0  # binary bytes received and handled (taken, or refused as a bad frame): the ack count
+    # PCM taken (so acked) and not yet decoded: gathered until DS_STREAM_COALESCE_MS worth (StreamController.feed).
+    # Parked with the rest, so a resumed stream decodes exactly the bytes it acknowledged.
+    pending: bytearray = field(default_factory=bytearray)
 
     def close(self) -> None:
         if self.audio is not None:
@@ -156,6 +160,11 @@ class StreamDialect(Protocol):
 
     def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]: ...
     async def on_audio(self, stream: StreamController, data: bytes) -> None: ...
+    async def on_partial(self, stream: StreamController, text: str) -> None:
+        """A partial the stream reached between client messages (gathered audio decoded at its deadline, or
+        before a control message): a dialect that sends partials when the text changes sends it."""
+        ...
+
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
         """Handle one control message; True when the stream is over (the final is sent)."""
         ...
@@ -174,6 +183,8 @@ class StreamController:
         self.route = dialect.route
         self.resumable: ResumableStream | None = None
         self._deadline = 0.0
+        self._flush_due = 0.0  # when the gathered PCM (state.pending) is decoded if no more arrives
+        self._waiting: asyncio.Timeout | None = None  # the wait for the client's next message, while it lasts
         self._parked = False
         # Idle time: seconds spent waiting on the client since it last did something that moves the stream on
         # (audio that advances it, a valid control message). Junk (bad text, a 2-byte frame every few seconds)
@@ -210,17 +221,33 @@ class StreamController:
             await self.services.return_memory(self.session.audio_seconds)
 
     async def _serve(self) -> None:
-        while True:
-            try:
-                message = await self._receive()
-            except BadMessage as exc:
-                await self.send(self.dialect.error("bad_message", f"not a JSON object: {exc}"))
-                continue
-            if isinstance(message, bytes):
-                await self.dialect.on_audio(self, message)
-            elif await self.dialect.on_control(self, message):
-                await self.channel.close(StreamClose.NORMAL)
-                return
+        watching = asyncio.ensure_future(self._wake_on_drain())
+        try:
+            while not await self._serve_one():
+                pass
+        finally:
+            watching.cancel()
+
+    async def _serve_one(self) -> bool:
+        """Take one client message (or decode the gathered PCM at its deadline); True once the stream is over."""
+        try:
+            message = await self._receive()
+        except BadMessage as exc:
+            await self.send(self.dialect.error("bad_message", f"not a JSON object: {exc}"))
+            return False
+        if isinstance(message, bytes):
+            await self.dialect.on_audio(self, message)
+            return False
+        await self._flush_to_dialect()  # the audio before a control message is decoded before it acts
+        if message is not None and await self.dialect.on_control(self, message):
+            await self.channel.close(StreamClose.NORMAL)
+            return True
+        return False
+
+    async def _flush_to_dialect(self) -> None:
+        partial = await self.flush()
+        if partial is not None:
+            await self.dialect.on_partial(self, partial)
 
     async def _admit(self) -> bool:
         """Accept if a stream slot is free, else refuse with 1013 (try again later)."""
@@ -281,38 +308,49 @@ class StreamController:
 
     # --- messages ------------------------------------------------------------------------------------------
 
-    async def _receive(self) -> bytes | dict[str, Any]:
+    async def _receive(self) -> bytes | dict[str, Any] | None:
         """The next client message: audio bytes, or a control message parsed as a JSON object (not compared as
-        text). Raises ChannelClosed when the client has gone, BadMessage for text that is not a JSON object,
-        StreamIdle / StreamTooLong at the stream's time limits and ServerDraining when the service shuts down."""
+        text); None when gathered PCM is due to be decoded before anything came. Raises ChannelClosed when the
+        client has gone, BadMessage for text that is not a JSON object, StreamIdle / StreamTooLong at the
+        stream's time limits and ServerDraining when the service shuts down."""
+        if self.services.drain.draining:  # even with audio waiting: a busy stream must not hold the shutdown up
+            raise ServerDraining("the server is shutting down; this is the stream's final transcript")
         idle_timeout = self.settings.stream_idle_timeout
         idle_left = idle_timeout - self._idle_waited
         started = time.monotonic()
         remaining = self._deadline - started
-        draining = self.services.drain.event
-        receiving = asyncio.ensure_future(self.channel.receive())
-        shutdown = asyncio.ensure_future(draining.wait())
+        flush_left = self._flush_due - started if self.state.pending else float("inf")
+        # The channel is awaited in this task, under one timeout that _wake_on_drain ends early: no task or
+        # future per message, which a stream of 2 ms frames would pay 500 times a second.
+        waiting = asyncio.timeout(max(0.0, min(idle_left, remaining, flush_left)))
         try:
-            await asyncio.wait(
-                {receiving, shutdown},
-                timeout=max(0.0, min(idle_left, remaining)),
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            async with waiting:
+                self._waiting = waiting
+                message = await self.channel.receive()
+        except TimeoutError:
+            if not waiting.expired():
+                raise  # not our deadline's
+            message = None
         finally:
-            shutdown.cancel()
-            if not receiving.done():
-                receiving.cancel()
+            self._waiting = None
             self._idle_waited += time.monotonic() - started
-        if draining.is_set():  # even with audio waiting: a busy stream must not hold the shutdown up
-            raise ServerDraining("the server is shutting down; this is the stream's final transcript")
-        if not receiving.done() or receiving.cancelled():
+        if message is None:
+            if self.services.drain.draining:
+                raise ServerDraining("the server is shutting down; this is the stream's final transcript")
+            if flush_left < min(idle_left, remaining):
+                return None
             if remaining <= idle_left:
                 raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
             raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
-        message = receiving.result()
         if isinstance(message, bytes):
             return message
         return parse_control(message)
+
+    async def _wake_on_drain(self) -> None:
+        """When draining begins, end the wait for the client at once (the stream then gets its final)."""
+        await self.services.drain.event.wait()
+        if self._waiting is not None and not self._waiting.expired():  # an expired one is ending anyway
+            self._waiting.reschedule(asyncio.get_running_loop().time())
 
     async def send(self, message: dict[str, Any]) -> None:
         """Send with a deadline: a client that stops reading cannot hold a stream (and its slot) forever."""
@@ -343,8 +381,15 @@ class StreamController:
         self.state.session = session
 
     async def feed(self, data: bytes) -> str | None:
-        """Decode one audio frame into the session; the new partial text if it changed. Raises UnsupportedAudio,
-        and StreamTooLong once the stream is over its maximum length (before taking more audio)."""
+        """Take one audio frame; the new partial text if it changed. Raises UnsupportedAudio, and StreamTooLong
+        once the stream is over its maximum length (before taking more audio).
+
+        PCM frames are gathered in the state until DS_STREAM_COALESCE_MS of audio, or until the first has waited
+        that long, and then decoded in one pass: a pass costs a thread hop and a decoder partial however short its
+        audio, so real-time audio in 2 ms frames, one pass each, cost 5-13x the CPU of 100 ms frames. The
+        wait is bounded by the same window (`_receive` decodes at the deadline), on top of the 320 ms the
+        session gathers for a model batch anyway. Encoded input is decoded frame by frame: its bytes say nothing
+        of how much audio they hold, and MediaRecorder sends whole timeslices."""
         audio = self._input()
         self.state.bytes_in += len(data)
         limit = self.settings.stream_max_seconds
@@ -353,12 +398,40 @@ class StreamController:
                 f"the stream reached its maximum length of {limit:g} s (DS_STREAM_MAX_SECONDS); this is its final "
                 "transcript; open a new stream to go on"
             )
+        window = self._window_bytes(audio)
+        if not window:
+            return await self._decode(audio, data)
+        if len(data) % 2:  # refused here, as PcmInput would: the gathered bytes must stay sample-aligned
+            raise UnsupportedAudio(f"odd frame of {len(data)} bytes; send s16le PCM (2 bytes a sample)")
+        pending = self.state.pending
+        if not pending:
+            self._flush_due = time.monotonic() + self.settings.stream_coalesce_ms / 1000.0
+        pending += data
+        if len(pending) < window and time.monotonic() < self._flush_due:
+            return None
+        return await self.flush()
+
+    async def flush(self) -> str | None:
+        """Decode the gathered PCM (if any) in one pass; the new partial text if it changed."""
+        if not self.state.pending:
+            return None
+        data = bytes(self.state.pending)
+        self.state.pending.clear()
+        return await self._decode(self._input(), data)
+
+    async def _decode(self, audio: StreamAudio, data: bytes) -> str | None:
         session = self.session
-        partial = await run_sync(lambda: session.feed(audio.push(data)))  # one thread hop per frame
+        partial = await run_sync(lambda: session.feed(audio.push(data)))  # one thread hop per pass
         if session.samples_in - self._active_at_samples >= ACTIVITY_SAMPLES:
             self._active_at_samples = session.samples_in
             self.note_activity()
         return partial
+
+    def _window_bytes(self, audio: StreamAudio) -> int:
+        """How many bytes of `audio` are gathered before a pass (0: none, each frame goes on its own)."""
+        if not isinstance(audio, PcmInput):
+            return 0
+        return int(audio.rate * self.settings.stream_coalesce_ms / 1000.0) * 2
 
     def note_activity(self) -> None:
         """The client moved the stream on (a dialect calls this for a valid control message): idle time restarts."""
@@ -367,6 +440,7 @@ class StreamController:
     async def finish(self) -> tuple[Transcript, UnsupportedAudio | None]:
         """Flush the input's tail (resampler, decoder) into the session, then the session's own tail. When the
         input's tail does not decode, the transcript of what did, and the reason."""
+        await self.flush()
         session, audio = self.session, self._input()
         try:
             await run_sync(session.feed, await run_sync(audio.finish))
