@@ -125,7 +125,7 @@ def test_every_vosk_message_is_declared(client: TestClient, document: dict[str, 
 def test_every_error_code_the_code_sends_is_declared(document: dict[str, Any]) -> None:
     sources = "".join(
         (ROOT / path).read_text()
-        for path in ("app/routes/stream.py", "app/service/streams.py")
+        for path in ("app/routes/stream.py", "app/service/streams.py", "app/service/stream_protocol.py")
     )
     used = set(re.findall(r'error\(\s*"([a-z_]+)"', sources))
     used |= set(re.findall(r'"(max_duration|server_shutdown|idle_timeout)"', sources))

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.routes.vosk import VOSK_DEFAULT_RATE
-from app.service.streams import FAILURE_TEXT, MAX_CONTROL_CHARS, StreamClose
+from app.service.stream_protocol import FAILURE_TEXT, MAX_CONTROL_CHARS, StreamClose
 from app.speech.audio import SAMPLE_RATE
 from app.speech.decoding import MAX_ALTERNATIVES
 from app.speech.stream_audio import ENCODED_FORMATS, MAX_RATE, MIN_RATE

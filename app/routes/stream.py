@@ -32,7 +32,8 @@ from fastapi import APIRouter, WebSocket
 
 from app.routes.websocket import WebSocketChannel
 from app.service.resume import ResumeRefused
-from app.service.streams import StreamController, stream_options
+from app.service.stream_protocol import stream_options
+from app.service.streams import StreamController
 from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
 from app.speech.decoding import Transcript
 from app.web.deps import ServicesDep

@@ -19,7 +19,8 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 
 from app.routes.websocket import WebSocketChannel
-from app.service.streams import StreamController, stream_options
+from app.service.stream_protocol import stream_options
+from app.service.streams import StreamController
 from app.speech.audio import UnsupportedAudio
 from app.speech.decoding import Transcript
 from app.web.deps import ServicesDep

@@ -18,7 +18,7 @@ from typing import Any
 
 from fastapi import WebSocket, WebSocketDisconnect
 
-from app.service.streams import ChannelClosed
+from app.service.stream_protocol import ChannelClosed
 from app.settings import Settings
 from app.web.auth import bearer_token, query_key
 
