@@ -221,6 +221,7 @@ def report_run(record_property: Any, prefix: str, run: LoadRun, figures: dict[st
 # --- 200 streams at once ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # 35-52 s each: run with -m slow (the suite stays under 10 min on 2 cores)
 def test_200_streams_at_the_default_limit_finish_or_are_refused_cleanly(
     long_audios: list[bytes], record_property: Any
 ) -> None:
@@ -240,6 +241,7 @@ def test_200_streams_at_the_default_limit_finish_or_are_refused_cleanly(
         assert not server.problems, server.problems[:20]
 
 
+@pytest.mark.slow  # 35-52 s each: run with -m slow (the suite stays under 10 min on 2 cores)
 def test_200_streams_at_real_time_each_get_their_own_final(
     long_audios: list[bytes], record_property: Any
 ) -> None:
