@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 ACTIVITY_SAMPLES = 320
 
 
-
 @dataclass
 class StreamState:
     """What a stream works on; parked whole when a resumable stream's connection drops."""
