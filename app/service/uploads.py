@@ -48,12 +48,14 @@ class StreamedTranscription:
     """An upload transcribed as events: its queue place is taken (and the audio decoded) before the response
     starts, so a full queue is refused before a status line goes out; its worker slot is taken in `events`."""
 
-    def __init__(self, services: Services, route: str, samples: np.ndarray, hot_words: HotWords | None) -> None:
+    def __init__(
+        self, services: Services, route: str, samples: np.ndarray, hot_words: HotWords | None, ticket: Ticket
+    ) -> None:
         self._services = services
         self._route = route
         self._samples = samples
         self._hot_words = hot_words
-        self._ticket: Ticket | None = None
+        self._ticket = ticket
 
     @classmethod
     async def start(
@@ -71,18 +73,14 @@ class StreamedTranscription:
         except BaseException:
             ticket.release()
             raise
-        job = cls(services, route, samples, hot_words)
-        job._ticket = ticket
-        return job
+        return cls(services, route, samples, hot_words, ticket)
 
     def release(self) -> None:
         """Give the queue place or worker back (idempotent; also when the events never ran: client gone)."""
-        if self._ticket is not None:
-            self._ticket.release()
+        self._ticket.release()
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """`transcript.text.delta` events as words become certain, then `transcript.text.done`."""
-        assert self._ticket is not None
         computing = [0.0]  # seconds spent computing, not waiting on the client: for the RTF metric
         async with self._ticket:
             engine = self._services.engine
