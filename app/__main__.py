@@ -18,7 +18,7 @@ from pydantic import ValidationError
 
 from app.main import app_from_environment, settings_problems
 from app.settings import Settings
-from app.web.connections import guarded_protocol
+from app.web.connections import UNLIMITED_FILES, guarded_protocol
 from app.web.logs import configure_logging
 
 log = logging.getLogger("app")
@@ -60,7 +60,7 @@ class DrainingServer(uvicorn.Server):
 # Each websocket, upload and model file holds a descriptor, and a Terminal's default soft limit of 256 runs out
 # under a few hundred streams; the hard limit is what the soft one may be raised to without privileges. On Linux it
 # is often 2**20 or more: cap it, since some code (a child process closing inherited descriptors) walks them all.
-OPEN_FILES_CAP = 65536
+OPEN_FILES_CAP = UNLIMITED_FILES  # one value with the connection cap's idea of "unlimited"
 # macOS's setrlimit refuses a soft RLIMIT_NOFILE above min(OPEN_MAX, kern.maxfilesperproc) even when the hard
 # limit is RLIM_INFINITY (its default for Terminal and launchd jobs): setrlimit(2), COMPATIBILITY.
 DARWIN_OPEN_MAX = 10240

@@ -35,7 +35,7 @@ log = logging.getLogger("app")
 # Descriptors kept for the service itself (listening socket, model and library files, the event loop's own,
 # PyAV, logs) when the connection cap is derived from the open-file limit: 64, or an eighth of a larger limit.
 RESERVED_FILES = 64
-# What an unlimited soft limit counts as (app/__main__.py caps what it raises the limit to at the same value).
+# What an unlimited soft limit counts as; app/__main__.py raises the soft limit to at most this (OPEN_FILES_CAP).
 UNLIMITED_FILES = 65536
 CAP_LOG_INTERVAL = 10.0  # seconds between two "connection cap reached" lines
 
