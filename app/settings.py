@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         "server; it is read off the connection at once, so pings are answered and a close is seen whatever "
         "the backlog; beyond it the connection is not read until the server catches up",
     )
+    endpoint_silence_ms: int = Field(
+        700,
+        ge=0,
+        le=10_000,
+        description="a pause this long after speech ends an utterance (streams send it, files are segmented at "
+        "it; per stream `endpoint_silence_ms`; 0: only eof and the maximum length end one)",
+    )
+    max_utterance_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="an utterance ends at the next word boundary once it is this long, pause or not (0: no limit)",
+    )
     stream_batching: bool = Field(
         True, description="run the LSTM steps of concurrent streams as one batch (NumPy backend)"
     )
@@ -136,7 +148,9 @@ class Settings(BaseSettings):
         description="slowest average body rate, after a slack of DS_BODY_TIMEOUT_SECONDS (408 below it; 0: none)",
     )
     max_header_bytes: int = Field(
-        65536, ge=1024, description="request line and headers, in bytes (431 above it, before they are all read)"
+        65536,
+        ge=1024,
+        description="request line and headers, in bytes (431 above it, before they are all read)",
     )
     max_connections: int | None = Field(
         None,

@@ -177,6 +177,8 @@ def test_verbose_json(
     has_words: bool,
 ) -> None:
     text, words, duration = expected(engine, two_utterances)
+    samples, _ = decode_audio(two_utterances.read_bytes())
+    utterance_starts = [u.transcript.words[0] for u in engine.transcribe(samples).utterances]
     extra = {} if granularities is None else {"timestamp_granularities": granularities}
     result = client.audio.transcriptions.create(
         file=upload(two_utterances), model="whisper-1", response_format="verbose_json", **extra
@@ -199,17 +201,16 @@ def test_verbose_json(
             seg_words = [next(word_iter) for _ in seg.text.split()]
             assert seg.start == round(seg_words[0].start, 3) and seg.end == round(seg_words[-1].end, 3)
             assert seg.start < seg.end <= duration
-            if previous:  # split for a reason: a pause, the length cap, or the two subtitle lines being full
+            if previous:  # split for a reason: an utterance starts, the length cap, or the two lines are full
                 first = seg_words[0]
                 assert previous[-1].end <= first.start
                 assert (
-                    first.start - previous[-1].end >= subtitles.PAUSE_SECONDS
+                    first in utterance_starts
                     or first.end - previous[0].start > subtitles.MAX_SEGMENT_SECONDS
                     or len(subtitles.wrap([w.word for w in [*previous, first]])) > subtitles.MAX_LINES
                 )
             previous = seg_words
-            gaps = [b.start - a.end for a, b in zip(seg_words, seg_words[1:], strict=False)]
-            assert all(gap < subtitles.PAUSE_SECONDS for gap in gaps)
+            assert not set(seg_words[1:]) & set(utterance_starts)  # never across an utterance's start
             assert seg.tokens == [] and seg.seek == 0 and seg.temperature == 0.0 and seg.no_speech_prob == 0.0
             assert -25 < seg.avg_logprob <= 0 and seg.compression_ratio > 0
         assert next(word_iter, None) is None
@@ -480,9 +481,11 @@ def test_timestamps() -> None:
     assert subtitles.vtt_timestamp(100 * 3600 + 0.5) == "100:00:00.500"
 
 
-def test_segments_split_at_pauses_length_and_width() -> None:
-    words = words_at(("turn", 0.1, 0.3), ("on", 0.35, 0.5), ("lights", 1.2, 1.6), ("now", 1.7, 1.9))
-    assert [s.text for s in subtitles.segment_words(words)] == ["turn on", "lights now"]  # 0.7 s pause
+def test_segments_split_at_utterances_length_and_width() -> None:
+    first = words_at(("turn", 0.1, 0.3), ("on", 0.35, 0.5))
+    second = words_at(("lights", 1.2, 1.6), ("now", 1.7, 1.9))
+    assert [s.text for s in subtitles.segment_utterances([first, second])] == ["turn on", "lights now"]
+    assert [s.text for s in subtitles.segment_words(first + second)] == ["turn on lights now"]  # pauses: not here
     long = [Word(f"w{i}", i * 0.5, i * 0.5 + 0.4, 0.9) for i in range(40)]  # 20 s without a pause
     segments = subtitles.segment_words(long)
     assert all(s.end - s.start <= subtitles.MAX_SEGMENT_SECONDS for s in segments)
@@ -505,6 +508,6 @@ def test_lines_are_balanced_and_long_words_stand_alone() -> None:
 
 def test_documents_and_escaping() -> None:
     words = words_at(("a<b", 0.0, 0.5), ("&c", 0.6, 1.0))
-    assert subtitles.srt(words) == "1\n00:00:00,000 --> 00:00:01,000\na<b &c\n\n"
-    assert subtitles.vtt(words) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\na&lt;b &amp;c\n"
+    assert subtitles.srt([words]) == "1\n00:00:00,000 --> 00:00:01,000\na<b &c\n\n"
+    assert subtitles.vtt([words]) == "WEBVTT\n\n00:00:00.000 --> 00:00:01.000\na&lt;b &amp;c\n"
     assert subtitles.srt([]) == "" and subtitles.vtt([]) == "WEBVTT\n\n"

@@ -49,8 +49,8 @@ from app.service.rendering import (
     verbose_json,
 )
 from app.service.uploads import StreamedTranscription, transcribe_upload
-from app.speech.decoding import DecodeOptionError, Transcript, parse_hot_words
-from app.speech.engine import Engine
+from app.speech.decoding import DecodeOptionError, parse_hot_words
+from app.speech.engine import Engine, Transcription
 from app.speech.runtime import InferenceError
 from app.web.deps import EngineDep, ServicesDep, UploadTicketDep
 from app.web.errors import ApiError, api_error, error_payload
@@ -292,17 +292,17 @@ async def create_transcription(request: Request, services: ServicesDep, ticket: 
             background=BackgroundTask(job.release),  # also when the body never ran (client gone)
         )
     upload = await transcribe_upload(services, ROUTE, req.data, hot_words=hot, ticket=ticket)
-    return _formatted(upload.result.transcript, upload.duration, req, services.settings.language)
+    return _formatted(upload.result, upload.duration, req, services.settings.language)
 
 
-def _formatted(transcript: Transcript, duration: float, req: TranscriptionRequest, language: str) -> Response:
+def _formatted(result: Transcription, duration: float, req: TranscriptionRequest, language: str) -> Response:
     fmt = req.response_format
     if fmt == "verbose_json":
-        body = verbose_json(transcript, duration, req.granularities, language.lower())
+        body = verbose_json(result, duration, req.granularities, language.lower())
         return JSONResponse(body.model_dump(exclude_none=True))
     if fmt == "json":
-        return JSONResponse({"text": transcript.text})
-    rendered = render_text(transcript, fmt)  # type: ignore[arg-type]  # text, srt or vtt, checked by _parse
+        return JSONResponse({"text": result.transcript.text})
+    rendered = render_text(result, fmt)  # type: ignore[arg-type]  # text, srt or vtt, checked by _parse
     # OpenAI answers SRT as text/plain
     media_type = TEXT_MEDIA_TYPE if fmt == "srt" else rendered.media_type
     return Response(rendered.content, media_type=media_type)

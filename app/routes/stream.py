@@ -4,11 +4,16 @@ Protocol (text frames are JSON):
 - optional first message `{"type": "config", "sample_rate": 8000}` (s16le PCM at 8–48 kHz; default 16000) or
   `{"type": "config", "format": "webm"}` (`webm`/`ogg` as browsers' MediaRecorder makes, decoded incrementally),
   with optional `"hot_words": {"word": boost} | "word:boost,..."`, `"phrase_list": [...]` (Vosk's biasing) and
-  `"alternatives": N` (the final carries the N best),
+  `"alternatives": N` (each utterance and the final carry the N best) and `"endpoint_silence_ms": N` (the pause
+  that ends an utterance, 0: none; default DS_ENDPOINT_SILENCE_MS),
 - binary frames of audio, any size (PCM: an even number of bytes),
 - `{"type": "eof"}` ends the audio: the server answers the final and closes with 1000.
-Server → client: `{"type": "partial", "text"}` whenever the text changes, `{"type": "final", "text", "words",
-"confidence", "duration"}`, and `{"type": "error", "code", "message"}` for a bad message (the stream goes on).
+Server → client: `{"type": "utterance", "text", "words", "start", "end", "confidence"}` when a pause (or
+DS_MAX_UTTERANCE_SECONDS) ends an utterance (app/speech/endpoint.py); `{"type": "partial", "text"}` whenever the
+text of the utterance in progress changes; `{"type": "final", "text", "words", "confidence", "duration",
+"utterance"}` after eof: text and words of the whole stream, `utterance` the last one (eof ended it; null when a
+pause already had), so the utterance messages and the final's utterance together are the whole transcript; and
+`{"type": "error", "code", "message"}` for a bad message (the stream goes on).
 A client that closes without eof gets no final: a closed websocket cannot carry one.
 
 Resuming after a network blip (app/service/resume.py): `"resumable": true` in the config makes the server answer
@@ -32,10 +37,11 @@ from fastapi import APIRouter, WebSocket
 
 from app.routes.websocket import WebSocketChannel
 from app.service.resume import ResumeRefused
-from app.service.stream_protocol import stream_options
+from app.service.stream_protocol import endpoint_silence, stream_options
 from app.service.streams import StreamController
 from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
 from app.speech.decoding import Transcript
+from app.speech.utterances import Utterance
 from app.web.deps import ServicesDep
 
 router = APIRouter(tags=["streaming"])
@@ -43,6 +49,10 @@ router = APIRouter(tags=["streaming"])
 
 def error(code: str, message: str) -> dict[str, str]:
     return {"type": "error", "code": code, "message": message}
+
+
+def utterance_message(utterance: Utterance) -> dict[str, Any]:
+    return {"type": "utterance", **utterance.to_dict()}
 
 
 class StreamDialect:
@@ -59,8 +69,18 @@ class StreamDialect:
     def ending_notice(self, code: str, message: str) -> dict[str, Any]:
         return error(code, message)
 
-    def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]:
-        return {"type": "final", **transcript.to_dict(), "duration": round(stream.session.audio_seconds, 3)}
+    def final(self, stream: StreamController, transcript: Transcript) -> list[dict[str, Any]]:
+        # The utterances eof finished: all but the last as utterance messages, the last in the final (whose
+        # text and words stay the whole stream's, as before utterances existed).
+        before = stream.take_utterances()
+        last = before.pop() if before else None
+        final = {
+            "type": "final",
+            **transcript.to_dict(),
+            "duration": round(stream.session.audio_seconds, 3),
+            "utterance": None if last is None else last.to_dict(),
+        }
+        return [*(utterance_message(u) for u in before), final]
 
     async def on_audio(self, stream: StreamController, data: bytes) -> None:
         try:
@@ -68,13 +88,15 @@ class StreamDialect:
         except UnsupportedAudio as exc:
             await stream.send(error("bad_frame", str(exc)))
             partial = None
-        if partial is not None:
-            await stream.send({"type": "partial", "text": partial})
+        await self.on_partial(stream, partial)
         if stream.resumable is not None:
             await stream.send({"type": "ack", "bytes": stream.state.bytes_in})
 
-    async def on_partial(self, stream: StreamController, text: str) -> None:
-        await stream.send({"type": "partial", "text": text})
+    async def on_partial(self, stream: StreamController, text: str | None) -> None:
+        for utterance in stream.take_utterances():
+            await stream.send(utterance_message(utterance))
+        if text is not None:
+            await stream.send({"type": "partial", "text": text})
 
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
         kind = control.get("type")
@@ -86,7 +108,8 @@ class StreamDialect:
             transcript, bad_tail = await stream.finish()
             if bad_tail is not None:
                 await stream.send(error("bad_audio", str(bad_tail)))
-            await stream.send(self.final(stream, transcript))
+            for message in self.final(stream, transcript):
+                await stream.send(message)
             return True
         else:
             await stream.send(
@@ -105,8 +128,9 @@ class StreamDialect:
             return
         try:
             hot_words, alternatives = stream_options(control)
-            if hot_words or alternatives != 1:
-                stream.new_session(hot_words, alternatives)
+            silence_ms = endpoint_silence(control)
+            if hot_words or alternatives != 1 or silence_ms is not None:
+                stream.new_session(hot_words, alternatives, silence_ms)
         except ValueError as exc:  # DecodeOptionError is a ValueError too
             audio.close()
             await stream.send(error("bad_config", str(exc)))

@@ -94,5 +94,5 @@ async def transcribe(
     )
     if format == "json":
         return transcription_response(upload.result, upload.duration, engine)
-    rendered = render_text(upload.result.transcript, format)
+    rendered = render_text(upload.result, format)
     return Response(rendered.content, media_type=rendered.media_type)

@@ -19,10 +19,11 @@ from typing import Any
 from fastapi import APIRouter, WebSocket
 
 from app.routes.websocket import WebSocketChannel
-from app.service.stream_protocol import stream_options
+from app.service.stream_protocol import endpoint_silence, stream_options
 from app.service.streams import StreamController
 from app.speech.audio import UnsupportedAudio
 from app.speech.decoding import Transcript
+from app.speech.utterances import Utterance, merge_utterances
 from app.web.deps import ServicesDep
 
 router = APIRouter(tags=["streaming"])
@@ -65,6 +66,7 @@ class VoskDialect:
         self.words = True
         self.hot_words: dict[str, float] | None = None
         self.max_alternatives = 0
+        self.silence_ms: int | None = None  # the config's endpoint_silence_ms (None: DS_ENDPOINT_SILENCE_MS)
 
     def input_spec(self) -> tuple[str, int]:
         return self.spec
@@ -75,8 +77,12 @@ class VoskDialect:
     def ending_notice(self, code: str, message: str) -> None:
         return None  # the final result of what was heard, as for eof
 
-    def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]:
-        return vosk_result(transcript, self.words, self.max_alternatives)
+    def final(self, stream: StreamController, transcript: Transcript) -> list[dict[str, Any]]:
+        # Vosk's FinalResult: what was heard since the last result, not the whole stream.
+        return [self._result(stream.take_utterances())]
+
+    def _result(self, utterances: list[Utterance]) -> dict[str, Any]:
+        return vosk_result(merge_utterances(utterances), self.words, self.max_alternatives)
 
     async def on_audio(self, stream: StreamController, data: bytes) -> None:
         try:
@@ -84,9 +90,15 @@ class VoskDialect:
         except UnsupportedAudio as exc:
             await stream.send({"error": str(exc)})
             return
-        await stream.send({"partial": stream.session.partial_text})
+        # AcceptWaveform returned true: the utterances that ended (all of them, in one result, as Kaldi's
+        # recognizer finalizes everything decoded when it sees an endpoint); else the partial.
+        utterances = stream.take_utterances()
+        if utterances:
+            await stream.send(self._result(utterances))
+        else:
+            await stream.send({"partial": stream.session.partial_text})
 
-    async def on_partial(self, stream: StreamController, text: str) -> None:
+    async def on_partial(self, stream: StreamController, text: str | None) -> None:
         return None  # one reply per client message: the next audio frame's reply carries it
 
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
@@ -95,10 +107,11 @@ class VoskDialect:
             return False
         if control.get("eof") or control.get("reset"):
             transcript, _ = await stream.finish()
-            await stream.send(self.final(stream, transcript))
+            for message in self.final(stream, transcript):
+                await stream.send(message)
             if control.get("eof"):
                 return True
-            await stream.reset(self.hot_words, max(1, self.max_alternatives))
+            await stream.reset(self.hot_words, max(1, self.max_alternatives), self.silence_ms)
             return False
         await stream.send({"error": "expected a config, eof or reset message, or binary audio"})
         return False
@@ -108,8 +121,9 @@ class VoskDialect:
         try:
             hot, _ = stream_options(config)
             n_best = int(config.get("max_alternatives", 0))
+            silence_ms = endpoint_silence(config)
             if stream.session.samples_in == 0:
-                stream.new_session(hot, max(1, n_best))
+                stream.new_session(hot, max(1, n_best), silence_ms)
             opened = stream.open_audio(str(requested[0]), requested[1])
         except (ValueError, TypeError, OverflowError) as exc:
             await stream.send({"error": str(exc)})
@@ -117,7 +131,7 @@ class VoskDialect:
         stream.use_audio(opened)
         stream.note_activity()
         self.spec, self.words = (str(requested[0]), requested[1]), bool(config.get("words", self.words))
-        self.hot_words, self.max_alternatives = hot, n_best
+        self.hot_words, self.max_alternatives, self.silence_ms = hot, n_best, silence_ms
 
 
 def _as_rate(value: Any) -> Any:

@@ -43,7 +43,7 @@ class IncrementalTranscription:
         self._blocks: Iterator[np.ndarray] = iter(())
         self._total = 0
         self._state = LstmState.zeros(engine.model.n_cell_dim)
-        self._decoder = engine.decoder.stream(hot_words=hot_words)
+        self._decoder = engine.utterance_decoder(hot_words=hot_words)  # cut where Engine.transcribe cuts
         self._piece = piece_steps
         self._steps = 0
         self._checked_at = 0

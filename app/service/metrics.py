@@ -7,6 +7,7 @@ writes the access log; `request_audio` is how an observation here reaches that r
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,12 @@ if TYPE_CHECKING:
     from app.service.admission import Admission
     from app.speech.engine import Engine
     from app.speech.session import StreamSession
+    from app.speech.utterances import Utterance
 
 # Real-time factor = processing seconds / audio seconds: < 1 is faster than real time. Streams sit near the
 # model's cost per second of audio; whole files on Core ML go well below 0.05.
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
+UTTERANCE_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 # Per request: the audio seconds observed while handling it, for the access-log line (set by the web layer's
@@ -70,6 +73,13 @@ class Metrics:
             ["route", "code"],
             registry=r,
         )
+        self.utterance_seconds = Histogram(
+            "ds_utterance_seconds",
+            "Utterances the endpointer found (streams and files), by route: first word's start to last word's end",
+            ["route"],
+            buckets=UTTERANCE_BUCKETS,
+            registry=r,
+        )
         self.active_streams = Gauge(
             "ds_active_streams", "Open websocket streams, by route", ["route"], registry=r
         )
@@ -94,7 +104,9 @@ class Metrics:
         # process_resident_memory_bytes, process_open_fds and the CPU seconds (read from /proc: Linux only).
         ProcessCollector(registry=r)
         self.memory_trims = Counter(
-            "ds_memory_trims", "Times freed memory was returned to the system after a large transcription", registry=r
+            "ds_memory_trims",
+            "Times freed memory was returned to the system after a large transcription",
+            registry=r,
         )
 
     def describe_engine(self, engine: Engine, compute_units: str) -> None:
@@ -131,6 +143,12 @@ class Metrics:
         """A stream's audio and compute time, counted once when it ends (or when /vosk's reset replaces it)."""
         if session.audio_seconds > 0:
             self.observe(route, session.audio_seconds, session.processing_seconds)
+
+    def observe_utterances(self, route: str, utterances: Iterable[Utterance]) -> None:
+        """Utterances as they are found: their count and lengths."""
+        histogram = self.utterance_seconds.labels(route)
+        for utterance in utterances:
+            histogram.observe(utterance.end - utterance.start)
 
     def stream_opened(self, route: str) -> None:
         self.active_streams.labels(route).inc()

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from app.service import subtitles
-from app.speech.decoding import Transcript, Word
+from app.speech.decoding import Word
 from app.speech.engine import Engine, Transcription
 
 TEXT_MEDIA_TYPE = "text/plain"
@@ -48,13 +48,20 @@ class Rendered:
     media_type: str
 
 
-def render_text(transcript: Transcript, fmt: Literal["text", "srt", "vtt"]) -> Rendered:
-    """The transcript as plain text, or as subtitles with one cue per segment (split at pauses)."""
+def word_groups(result: Transcription) -> list[tuple[Word, ...]]:
+    """The file's words by utterance (where the endpointer cut it): segments and cues never span two."""
+    if result.utterances:
+        return [utterance.transcript.words for utterance in result.utterances]
+    return [result.transcript.words] if result.transcript.words else []
+
+
+def render_text(result: Transcription, fmt: Literal["text", "srt", "vtt"]) -> Rendered:
+    """The transcript as plain text, or as subtitles with one cue per segment (utterances, split to fit)."""
     if fmt == "srt":
-        return Rendered(subtitles.srt(transcript.words), subtitles.SRT_MEDIA_TYPE)
+        return Rendered(subtitles.srt(word_groups(result)), subtitles.SRT_MEDIA_TYPE)
     if fmt == "vtt":
-        return Rendered(subtitles.vtt(transcript.words), subtitles.VTT_MEDIA_TYPE)
-    return Rendered(transcript.text + "\n", TEXT_MEDIA_TYPE)
+        return Rendered(subtitles.vtt(word_groups(result)), subtitles.VTT_MEDIA_TYPE)
+    return Rendered(result.transcript.text + "\n", TEXT_MEDIA_TYPE)
 
 
 # --- POST /transcribe's JSON ---------------------------------------------------------------------------------
@@ -73,10 +80,20 @@ class Alternative(BaseModel):
     words: list[WordTiming]
 
 
+class UtteranceTiming(BaseModel):
+    text: str
+    start: float = Field(description="its first word's start, seconds from the file's start")
+    end: float = Field(description="its last word's end")
+    confidence: float
+
+
 class TranscriptionResponse(BaseModel):
     text: str
     duration: float
     words: list[WordTiming]
+    utterances: list[UtteranceTiming] = Field(
+        description="the file cut at pauses (DS_ENDPOINT_SILENCE_MS), as a stream of it would be"
+    )
     confidence: float
     model: str
     backend: str
@@ -94,6 +111,10 @@ def transcription_response(result: Transcription, duration: float, engine: Engin
         text=transcript.text,
         duration=round(duration, 3),
         words=[WordTiming(**asdict(word)) for word in transcript.words],
+        utterances=[
+            UtteranceTiming(text=u.text, start=u.start, end=u.end, confidence=u.transcript.confidence)
+            for u in result.utterances
+        ],
         confidence=transcript.confidence,
         model=engine.model_dir.name,
         backend=engine.model.backend,
@@ -162,9 +183,10 @@ def compression_ratio(text: str) -> float:
 
 
 def verbose_json(
-    transcript: Transcript, duration: float, granularities: Sequence[str], language: str
+    result: Transcription, duration: float, granularities: Sequence[str], language: str
 ) -> VerboseTranscription:
     """Segments (unless only words were asked for) and, with the `word` granularity, words."""
+    transcript = result.transcript
     body = VerboseTranscription(
         language=LANGUAGE_NAMES.get(language, language), duration=round(duration, 3), text=transcript.text
     )
@@ -182,7 +204,7 @@ def verbose_json(
                 compression_ratio=compression_ratio(seg.text),
                 no_speech_prob=0.0,
             )
-            for i, seg in enumerate(subtitles.segment_words(transcript.words))
+            for i, seg in enumerate(subtitles.segment_utterances(word_groups(result)))
         ]
     if "word" in granularities:
         body.words = [

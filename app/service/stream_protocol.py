@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from app.service.streams import StreamController
 
 MAX_CONTROL_CHARS = 64 * 1024  # control messages are a few hundred bytes; anything this big is not one
+MAX_ENDPOINT_SILENCE_MS = 10_000  # as DS_ENDPOINT_SILENCE_MS: a longer "pause" is the end of the conversation
 
 
 class StreamClose(IntEnum):
@@ -106,16 +107,33 @@ class StreamDialect(Protocol):
         """What to send before the final when the server ends the stream (max_duration, server_shutdown)."""
         ...
 
-    def final(self, stream: StreamController, transcript: Transcript) -> dict[str, Any]: ...
+    def final(self, stream: StreamController, transcript: Transcript) -> list[dict[str, Any]]:
+        """The messages that end a stream whose whole transcript is `transcript` (the last one is the final;
+        the utterances eof finished are the stream's `take_utterances()`)."""
+        ...
+
     async def on_audio(self, stream: StreamController, data: bytes) -> None: ...
-    async def on_partial(self, stream: StreamController, text: str) -> None:
-        """A partial the stream reached between client messages (gathered audio decoded at its deadline, or
-        before a control message): a dialect that sends partials when the text changes sends it."""
+    async def on_partial(self, stream: StreamController, text: str | None) -> None:
+        """Audio decoded between client messages (gathered audio at its deadline, or before a control message):
+        the new partial text if it changed, and any utterances it finished (`take_utterances()`); a dialect that
+        sends partials and utterances as they happen sends them."""
         ...
 
     async def on_control(self, stream: StreamController, control: dict[str, Any]) -> bool:
         """Handle one control message; True when the stream is over (the final is sent)."""
         ...
+
+
+def endpoint_silence(config: dict[str, Any]) -> int | None:
+    """A stream's own `endpoint_silence_ms` (0: no endpoint at pauses), or None for the service's setting."""
+    value = config.get("endpoint_silence_ms")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_ENDPOINT_SILENCE_MS:
+        raise DecodeOptionError(
+            f"endpoint_silence_ms must be an integer from 0 (off) to {MAX_ENDPOINT_SILENCE_MS} milliseconds"
+        )
+    return value
 
 
 def parse_control(text: str) -> dict[str, Any]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anyio.to_thread import run_sync
@@ -41,6 +42,7 @@ from app.speech.decoding import Transcript
 from app.speech.runtime import InferenceError
 from app.speech.session import StreamSession
 from app.speech.stream_audio import PcmInput, StreamAudio
+from app.speech.utterances import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +122,9 @@ class StreamController:
             await self._end(self.dialect.error("idle_timeout", str(exc)), StreamClose.NORMAL)
         except (StreamTooLong, ServerDraining) as exc:
             await self._end_with_final(exc)
-        except Exception as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
+        except (
+            Exception
+        ) as exc:  # ClientTooSlow, InferenceError, or a bug: this stream ends, the others go on
             await self._fail(exc)
         finally:
             self._release()
@@ -153,7 +157,7 @@ class StreamController:
 
     async def _flush_to_dialect(self) -> None:
         partial = await self.flush()
-        if partial is not None:
+        if partial is not None or self.session.has_utterances:
             await self.dialect.on_partial(self, partial)
 
     async def _admit(self) -> bool:
@@ -163,7 +167,7 @@ class StreamController:
         if not self.services.admission.open_stream():
             await self.channel.close(StreamClose.TRY_AGAIN_LATER, "too many open streams; retry shortly")
             return False
-        self.state = StreamState(self.route, self.services.engine.open_stream())
+        self.state = StreamState(self.route, self._open_session())
         self._deadline = time.monotonic() + self.settings.stream_max_seconds
         return True
 
@@ -181,11 +185,15 @@ class StreamController:
     async def _end_with_final(self, reason: StreamTooLong | ServerDraining) -> None:
         too_long = isinstance(reason, StreamTooLong)
         try:
-            notice = self.dialect.ending_notice("max_duration" if too_long else "server_shutdown", str(reason))
+            notice = self.dialect.ending_notice(
+                "max_duration" if too_long else "server_shutdown", str(reason)
+            )
             if notice is not None:
                 await self.send(notice)
             transcript, _ = await self.finish()
-            final = self.dialect.final(self, transcript)
+            *before, final = self.dialect.final(self, transcript)
+            for message in before:
+                await self.send(message)
             await self._end(final, StreamClose.NORMAL if too_long else StreamClose.GOING_AWAY)
         except ChannelClosed:
             pass
@@ -220,7 +228,9 @@ class StreamController:
         text); None when gathered PCM is due to be decoded before anything came. Raises ChannelClosed when the
         client has gone, BadMessage for text that is not a JSON object, StreamIdle / StreamTooLong at the
         stream's time limits and ServerDraining when the service shuts down."""
-        if self.services.drain.draining:  # even with audio waiting: a busy stream must not hold the shutdown up
+        if (
+            self.services.drain.draining
+        ):  # even with audio waiting: a busy stream must not hold the shutdown up
             raise ServerDraining("the server is shutting down; this is the stream's final transcript")
         idle_timeout = self.settings.stream_idle_timeout
         idle_left = idle_timeout - self._idle_waited
@@ -247,8 +257,12 @@ class StreamController:
             if flush_left < min(idle_left, remaining):
                 return None
             if remaining <= idle_left:
-                raise StreamTooLong("the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript")
-            raise StreamIdle(f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)")
+                raise StreamTooLong(
+                    "the stream was open for DS_STREAM_MAX_SECONDS; this is its final transcript"
+                )
+            raise StreamIdle(
+                f"no message for {idle_timeout:g} s; the stream was closed (DS_STREAM_IDLE_TIMEOUT)"
+            )
         if isinstance(message, bytes):
             return message
         return parse_control(message)
@@ -281,11 +295,24 @@ class StreamController:
             self.state.audio.close()
         self.state.audio = audio
 
-    def new_session(self, hot_words: dict[str, float] | None, alternatives: int) -> None:
-        """A fresh session with these decoding options (invalid ones raise DecodeOptionError, a ValueError)."""
-        session = self.services.engine.open_stream(hot_words=hot_words, alternatives=alternatives)
+    def new_session(
+        self, hot_words: dict[str, float] | None, alternatives: int, silence_ms: int | None = None
+    ) -> None:
+        """A fresh session with these decoding options and pause length that ends an utterance (None: the
+        service's DS_ENDPOINT_SILENCE_MS); invalid options raise DecodeOptionError, a ValueError."""
+        engine = self.services.engine
+        endpoints = None if silence_ms is None else replace(engine.endpoints, silence_ms=silence_ms)
+        session = self._open_session(hot_words=hot_words, alternatives=alternatives, endpoints=endpoints)
         self.state.session.close()
         self.state.session = session
+
+    def _open_session(self, **options: Any) -> StreamSession:
+        observe = functools.partial(self.services.metrics.observe_utterances, self.route)
+        return self.services.engine.open_stream(on_utterances=observe, **options)
+
+    def take_utterances(self) -> list[Utterance]:
+        """The utterances the stream finished since the last call (after finish(), the last ones too)."""
+        return self.session.take_utterances()
 
     async def feed(self, data: bytes) -> str | None:
         """Take one audio frame; the new partial text if it changed. Raises UnsupportedAudio, and StreamTooLong
@@ -355,11 +382,13 @@ class StreamController:
             return await run_sync(session.finish), exc
         return await run_sync(session.finish), None
 
-    async def reset(self, hot_words: dict[str, float] | None, alternatives: int) -> None:
+    async def reset(
+        self, hot_words: dict[str, float] | None, alternatives: int, silence_ms: int | None = None
+    ) -> None:
         """After a final: the stream goes on with fresh state and a fresh input of the same kind."""
         self.services.metrics.observe_stream(self.route, self.session)  # counted now: the session is replaced
         self.use_audio(self.open_audio(*self.dialect.input_spec()))
-        self.new_session(hot_words, alternatives)
+        self.new_session(hot_words, alternatives, silence_ms)
 
     def make_resumable(self) -> dict[str, Any]:
         """Register the stream for resuming: its id, first token and the reconnect window."""
@@ -385,5 +414,3 @@ class StreamController:
         if self.state.audio is None:
             self.state.audio = self.open_audio(*self.dialect.input_spec())
         return self.state.audio
-
-

@@ -1,11 +1,9 @@
 """Segments and subtitles (SRT, WebVTT) from a transcript's word timings: one module for every route.
 
 Segmentation (used for OpenAI's `verbose_json` segments and for subtitle cues, so a cue is a segment):
-- a new segment starts where the gap between one word's end and the next word's start is at least
-  `PAUSE_SECONDS`. Word times come from the CTC alignment (app/speech/decoding/timings.py): a word ends with the frame
-  that emitted its last character, which is early for a drawn-out last sound, so inter-word gaps of fluent
-  speech already read 0.1-0.3 s; 0.6 s is a real pause;
-- and where adding the next word would make the segment longer than `MAX_SEGMENT_SECONDS` (7 s, the usual
+- segments never span two utterances: where a file pauses is the endpointer's decision (app/speech/endpoint.py,
+  DS_ENDPOINT_SILENCE_MS), the same one that cuts a stream of the same audio into utterances;
+- inside an utterance, a new segment starts where adding the next word would make the segment longer than `MAX_SEGMENT_SECONDS` (7 s, the usual
   subtitle maximum) or its text wider than `MAX_LINES` lines of `MAX_LINE_CHARS` characters (2 x 42, the common
   broadcast and streaming guideline).
 A word longer than a whole line (no real word is; noise from a random-weight model can be) gets a cue of its
@@ -24,7 +22,6 @@ from dataclasses import dataclass
 
 from app.speech.decoding.timings import Word
 
-PAUSE_SECONDS = 0.6
 MAX_SEGMENT_SECONDS = 7.0
 MAX_LINE_CHARS = 42
 MAX_LINES = 2
@@ -89,15 +86,19 @@ def balanced_lines(
     return [" ".join(words[: best[1]]), " ".join(words[best[1] :])]
 
 
+def segment_utterances(utterances: Iterable[Sequence[Word]]) -> list[Segment]:
+    """Each utterance's words split into segments (a segment never spans two utterances)."""
+    return [segment for words in utterances for segment in segment_words(words)]
+
+
 def segment_words(
     words: Iterable[Word],
     *,
-    pause: float = PAUSE_SECONDS,
     max_seconds: float = MAX_SEGMENT_SECONDS,
     max_chars: int = MAX_LINE_CHARS,
     max_lines: int = MAX_LINES,
 ) -> list[Segment]:
-    """Split timed words into segments at pauses, at `max_seconds`, and where the text would not fit."""
+    """Split one utterance's timed words into segments at `max_seconds` and where the text would not fit."""
     segments: list[Segment] = []
     current: list[Word] = []
 
@@ -109,8 +110,7 @@ def segment_words(
 
     for word in words:
         if current and (
-            word.start - current[-1].end >= pause
-            or len(word.word) > max_chars
+            len(word.word) > max_chars
             or len(current[-1].word) > max_chars
             or word.end - current[0].start > max_seconds
             or len(wrap([w.word for w in current] + [word.word], max_chars)) > max_lines
@@ -161,11 +161,11 @@ def to_vtt(segments: Sequence[Segment]) -> str:
     return "WEBVTT\n\n" + "\n".join(cues)
 
 
-def srt(words: Iterable[Word]) -> str:
-    """SRT of a transcript's words, segmented as above."""
-    return to_srt(segment_words(words))
+def srt(utterances: Iterable[Sequence[Word]]) -> str:
+    """SRT of a transcript's words, by utterance, segmented as above."""
+    return to_srt(segment_utterances(utterances))
 
 
-def vtt(words: Iterable[Word]) -> str:
-    """WebVTT of a transcript's words, segmented as above."""
-    return to_vtt(segment_words(words))
+def vtt(utterances: Iterable[Sequence[Word]]) -> str:
+    """WebVTT of a transcript's words, by utterance, segmented as above."""
+    return to_vtt(segment_utterances(utterances))

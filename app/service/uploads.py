@@ -40,6 +40,7 @@ async def transcribe_upload(
             lambda: services.engine.transcribe(samples, hot_words=hot_words, alternatives=alternatives)
         )
     services.metrics.observe(route, result.duration, result.processing_seconds)
+    services.metrics.observe_utterances(route, result.utterances)
     await services.return_memory(result.duration)
     return UploadTranscription(result, duration)
 

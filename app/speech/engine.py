@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +12,12 @@ import numpy as np
 
 from app.settings import Settings
 from app.speech.decoding import Decoder, HotWords, Transcript, build_decoder
+from app.speech.endpoint import EndpointConfig, Endpointer
 from app.speech.features import context_window_blocks, mfcc
 from app.speech.model_dir import ModelDirectory, load_model_directory
 from app.speech.runtime import AcousticModel, BatchingModel, LstmState, load_acoustic_model
 from app.speech.session import StreamSession
+from app.speech.utterances import Utterance, UtteranceDecoder
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +27,7 @@ class Transcription:
     transcript: Transcript
     duration: float  # seconds of audio
     processing_seconds: float
+    utterances: tuple[Utterance, ...] = ()  # where the endpointer cut the file, as a stream of it is cut
 
 
 class Engine:
@@ -36,8 +39,10 @@ class Engine:
         model: AcousticModel,
         decoder: Decoder,
         stream_model: AcousticModel | None = None,
+        endpoints: EndpointConfig | None = None,
     ) -> None:
         self.model_dir = model_dir
+        self.endpoints = endpoints or EndpointConfig()  # the default; a stream may ask for its own
         self.model = model  # whole files (transcribe), in the caller's thread
         self.stream_model = model if stream_model is None else stream_model  # streams' 16-step chunks
         self.decoder = decoder
@@ -71,7 +76,8 @@ class Engine:
                 "Convert a real DeepSpeech checkpoint with scripts/convert.py and set DS_MODEL_DIR.",
                 model_dir.path,
             )
-        engine = cls(model_dir, model, decoder, stream_model_for(model, settings))
+        endpoints = EndpointConfig(settings.endpoint_silence_ms, settings.max_utterance_seconds)
+        engine = cls(model_dir, model, decoder, stream_model_for(model, settings), endpoints)
         engine.load_seconds = time.monotonic() - started
         return engine
 
@@ -103,15 +109,41 @@ class Engine:
                 probs, state = self.model.run_window(windows, state)
                 parts.append(probs)
             windows = following
-        transcript = self.decoder.decode(np.concatenate(parts), hot_words=hot, alternatives=alternatives)
-        return Transcription(transcript, len(samples) / 16000.0, time.monotonic() - started)
+        decoder = self.utterance_decoder(hot_words=hot, alternatives=alternatives)
+        decoder.feed(np.concatenate(parts))
+        transcript = decoder.finish()
+        elapsed = time.monotonic() - started
+        return Transcription(transcript, len(samples) / 16000.0, elapsed, tuple(decoder.utterances))
+
+    def utterance_decoder(
+        self,
+        *,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
+        endpoints: EndpointConfig | None = None,
+    ) -> UtteranceDecoder:
+        """Decoding cut at endpoints (`endpoints`, else the service's), the same for files and streams."""
+        config = endpoints or self.endpoints
+        alphabet = self.model_dir.alphabet
+        endpointer = None
+        if config.silence_ms or config.max_frames:
+            endpointer = Endpointer(config, alphabet.blank_index, alphabet.space_index)
+        return UtteranceDecoder(
+            lambda: self.decoder.stream(hot_words=hot_words, alternatives=alternatives), endpointer
+        )
 
     def open_stream(
-        self, *, hot_words: Mapping[str, float] | HotWords | None = None, alternatives: int = 1
+        self,
+        *,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
+        endpoints: EndpointConfig | None = None,
+        on_utterances: Callable[[list[Utterance]], None] | None = None,
     ) -> StreamSession:
-        """A new stream with its own state, hot words and N-best setting (invalid ones raise at once)."""
-        decoder = self.decoder.stream(hot_words=hot_words, alternatives=alternatives)
-        return StreamSession(self.stream_model, decoder)
+        """A new stream with its own state, hot words, N-best and endpoint settings (invalid ones raise at once);
+        `on_utterances` hears of its utterances as they are found."""
+        decoder = self.utterance_decoder(hot_words=hot_words, alternatives=alternatives, endpoints=endpoints)
+        return StreamSession(self.stream_model, decoder, on_utterances)
 
     def close(self) -> None:
         """Stop the stream batcher's thread, if there is one (the app's shutdown calls this; idempotent)."""

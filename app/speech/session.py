@@ -1,4 +1,4 @@
-"""StreamSession: one stream's feature buffers, batch buffer, LSTM state and decoder state.
+"""StreamSession: one stream's feature buffers, batch buffer, LSTM state and decoder state (cut into utterances).
 
 Follows the native client's `StreamingState` (deepspeech.cc): windows are batched 16 at a time through the
 static model with the state carried between batches; the decoder is fed each batch's probabilities
@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import time
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 
-from app.speech.decoding import DecoderStream, Transcript
+from app.speech.decoding import Transcript
 from app.speech.features import N_MFCC, WINDOW_FRAMES, StreamingFeatures
 from app.speech.runtime import STATIC_STEPS, AcousticModel, LstmState
+from app.speech.utterances import Utterance, UtteranceDecoder
 
 
 class StreamFinished(RuntimeError):
@@ -24,7 +26,12 @@ class StreamFinished(RuntimeError):
 
 
 class StreamSession:
-    def __init__(self, model: AcousticModel, decoder: DecoderStream) -> None:
+    def __init__(
+        self,
+        model: AcousticModel,
+        decoder: UtteranceDecoder,
+        on_utterances: Callable[[list[Utterance]], None] | None = None,
+    ) -> None:
         self._model = model
         self._decoder = decoder
         self._features = StreamingFeatures()
@@ -36,6 +43,8 @@ class StreamSession:
         self._detach = weakref.finalize(self, model.attach_stream())
         self._detach.atexit = False
         self._last_partial = ""
+        self._ready: list[Utterance] = []  # finished utterances not yet taken
+        self._on_utterances = on_utterances  # told of each utterance as it is found (metrics)
         self._finished = False
         self.samples_in = 0
         self.processing_seconds = 0.0  # in feed/finish (features, model, decoder): for the RTF metric
@@ -47,8 +56,23 @@ class StreamSession:
 
     @property
     def partial_text(self) -> str:
-        """The latest partial transcript (what `feed` last reported)."""
+        """The latest partial transcript of the utterance in progress (what `feed` last reported)."""
         return self._last_partial
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        """Every utterance finished so far (the last one too, after finish())."""
+        return self._decoder.utterances
+
+    @property
+    def has_utterances(self) -> bool:
+        """Utterances are finished and not yet taken."""
+        return bool(self._ready)
+
+    def take_utterances(self) -> list[Utterance]:
+        """The utterances finished since the last call, oldest first (the last one too, after finish())."""
+        ready, self._ready = self._ready, []
+        return ready
 
     @property
     def audio_seconds(self) -> float:
@@ -63,6 +87,8 @@ class StreamSession:
         self._add_windows(self._features.push(samples))
         text = self._decoder.partial().text
         self.processing_seconds += time.perf_counter() - started
+        if self._take_finished():
+            self._last_partial = ""  # the utterance message says the live one starts afresh
         if text != self._last_partial:
             self._last_partial = text
             return text
@@ -82,7 +108,16 @@ class StreamSession:
             self._detach()
         transcript = self._decoder.finish()
         self.processing_seconds += time.perf_counter() - started
+        self._take_finished()
+        self._last_partial = ""
         return transcript
+
+    def _take_finished(self) -> bool:
+        new = self._decoder.take_utterances()
+        if new and self._on_utterances is not None:
+            self._on_utterances(new)
+        self._ready += new
+        return bool(new)
 
     def close(self) -> None:
         """Stop counting as an open stream on the model without a final (idempotent; finish() does it too)."""
