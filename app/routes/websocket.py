@@ -36,9 +36,7 @@ class WebSocketChannel:
 
     def __init__(self, websocket: WebSocket, authenticated: bool, backlog_limit: int) -> None:
         self.websocket = websocket
-        self._authenticated = (
-            authenticated  # DS_API_KEY is set: the connection presented it (app/web/auth.py)
-        )
+        self._authenticated = authenticated  # DS_API_KEY is set: the connection presented it (app/web/auth.py)
         self._limit = backlog_limit
         self._inbox: deque[bytes | str] = deque()
         self._queued = 0  # the inbox's cost in bytes (see MESSAGE_OVERHEAD)
@@ -108,9 +106,7 @@ class WebSocketChannel:
                     self._closed_code = int(message.get("code") or 1005)
                     return
                 frame: bytes | str = (
-                    bytes(message["bytes"])
-                    if message.get("bytes") is not None
-                    else str(message.get("text") or "")
+                    bytes(message["bytes"]) if message.get("bytes") is not None else str(message.get("text") or "")
                 )
                 self._inbox.append(frame)
                 self._queued += _cost(frame)
