@@ -17,6 +17,8 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
+from tests.support.audio import pcm16, spoken_phrases
+from tests.support.protocol import stream_pcm
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,3 +134,23 @@ def test_every_error_code_the_code_sends_is_declared(document: dict[str, Any]) -
     used |= set(re.findall(r'^    "([a-z_]+)": "', sources, flags=re.M))  # FAILURE_TEXT
     declared = set(document["channels"]["stream"]["messages"]["streamError"]["payload"]["properties"]["code"]["enum"])
     assert used and used <= declared, used - declared
+
+
+def test_utterance_messages_are_declared(document: dict[str, Any], tmp_path: Path) -> None:
+    """Utterances need a model that hears pauses: the trained default one, on phrases with pauses between."""
+    pcm = pcm16(spoken_phrases(["turn on the lights", "what time is it"], tmp_path / "two.wav"))
+    settings = Settings(model_dir=ROOT / "models" / "default", backend="numpy")
+    with TestClient(create_app(settings, Engine.load(settings))) as client:
+        got = stream_pcm(client, pcm, config={"type": "config", "alternatives": 2, "endpoint_silence_ms": 600})
+        replies = []
+        with client.websocket_connect("/vosk") as ws:
+            ws.send_text('{"config": {"sample_rate": 16000, "endpoint_silence_ms": 600}}')
+            for start in range(0, len(pcm), 6400):
+                ws.send_bytes(pcm[start : start + 6400])
+                replies.append(ws.receive_json())
+            ws.send_text('{"eof": 1}')
+            replies.append(ws.receive_json())
+    assert any(m["type"] == "utterance" and m.get("alternatives") for m in got)
+    assert any("result" in reply for reply in replies[:-1])  # a result at the pause, before eof
+    assert_declared_stream(document, got)
+    assert_declared_vosk(document, replies)

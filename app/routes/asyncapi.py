@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from app.routes.vosk import VOSK_DEFAULT_RATE
-from app.service.stream_protocol import FAILURE_TEXT, MAX_CONTROL_CHARS, StreamClose
+from app.service.stream_protocol import FAILURE_TEXT, MAX_CONTROL_CHARS, MAX_ENDPOINT_SILENCE_MS, StreamClose
 from app.speech.audio import SAMPLE_RATE
 from app.speech.decoding import MAX_ALTERNATIVES
 from app.speech.stream_audio import ENCODED_FORMATS, MAX_RATE, MIN_RATE
@@ -64,6 +64,19 @@ HOT_WORDS = {
         {"type": "array", "items": STRING},
     ],
 }
+ALTERNATIVES = {
+    "type": "array",
+    "items": _object(
+        ["text", "confidence", "words"],
+        {"text": STRING, "confidence": NUMBER, "words": {"type": "array", "items": WORD}},
+    ),
+}
+ENDPOINT_SILENCE = {
+    "type": "integer",
+    "minimum": 0,
+    "maximum": MAX_ENDPOINT_SILENCE_MS,
+    "description": "the pause (ms) after speech that ends an utterance; 0: none (default DS_ENDPOINT_SILENCE_MS)",
+}
 FORMATS = ["pcm", *ENCODED_FORMATS]
 RATE = {"type": "integer", "minimum": MIN_RATE, "maximum": MAX_RATE}
 
@@ -86,6 +99,7 @@ STREAM_IN = {
                 "hot_words": HOT_WORDS,
                 "phrase_list": {"type": "array", "items": STRING},
                 "alternatives": {"type": "integer", "minimum": 1, "maximum": MAX_ALTERNATIVES},
+                "endpoint_silence_ms": ENDPOINT_SILENCE,
                 "resumable": {"type": "boolean"},
             },
         ),
@@ -106,15 +120,33 @@ STREAM_IN = {
     "streamAudio": _message("audio", "s16le mono PCM, or the declared container's bytes", AUDIO, binary=True),
     "streamEof": _message("eof", "the audio is over: the final follows, then the close", _typed("eof", {})),
 }
+UTTERANCE = _object(
+    ["text", "words", "start", "end", "confidence"],
+    {
+        "text": STRING,
+        "words": {"type": "array", "items": WORD},
+        "start": NUMBER,
+        "end": NUMBER,
+        "confidence": NUMBER,
+        "alternatives": ALTERNATIVES,
+    },
+)
 STREAM_OUT = {
+    "streamUtterance": _message(
+        "utterance",
+        "an utterance ended (a pause of endpoint_silence_ms, or DS_MAX_UTTERANCE_SECONDS): its words, times from "
+        "the stream's start",
+        _typed("utterance", UTTERANCE["properties"], tuple(UTTERANCE["required"])),
+    ),
     "streamPartial": _message(
         "partial",
-        "the transcript so far, whenever it changes",
+        "the utterance in progress, whenever its text changes",
         _typed("partial", {"text": STRING}, ("text",)),
     ),
     "streamFinal": _message(
         "final",
-        "the final transcript with word timings (the N best with alternatives)",
+        "after eof: the whole stream's transcript with word timings (the N best with alternatives), and the "
+        "utterance eof ended (null when a pause already ended the last one)",
         _typed(
             "final",
             {
@@ -122,19 +154,10 @@ STREAM_OUT = {
                 "words": {"type": "array", "items": WORD},
                 "confidence": NUMBER,
                 "duration": NUMBER,
-                "alternatives": {
-                    "type": "array",
-                    "items": _object(
-                        ["text", "confidence", "words"],
-                        {
-                            "text": STRING,
-                            "confidence": NUMBER,
-                            "words": {"type": "array", "items": WORD},
-                        },
-                    ),
-                },
+                "alternatives": ALTERNATIVES,
+                "utterance": {"oneOf": [UTTERANCE, {"type": "null"}]},
             },
-            ("text", "words", "confidence", "duration"),
+            ("text", "words", "confidence", "duration", "utterance"),
         ),
     ),
     "streamError": _message(
@@ -198,7 +221,13 @@ VOSK_IN = {
                         },
                         "format": {"enum": FORMATS},
                         "words": {"type": ["boolean", "integer"]},
-                        "phrase_list": {"type": "array", "items": STRING},
+                        "phrase_list": {
+                            "type": "array",
+                            "items": STRING,
+                            "description": "a grammar: only these phrases' words are recognized, [unk] for "
+                            "anything else",
+                        },
+                        "endpoint_silence_ms": ENDPOINT_SILENCE,
                         "max_alternatives": {"type": "integer", "minimum": 0, "maximum": MAX_ALTERNATIVES},
                     },
                 }
@@ -214,15 +243,20 @@ VOSK_IN = {
     ),
 }
 VOSK_OUT = {
-    "voskPartial": _message("partial", "after every audio frame", _object(["partial"], {"partial": STRING})),
+    "voskPartial": _message(
+        "partial",
+        "after an audio frame that ended no utterance: the utterance in progress",
+        _object(["partial"], {"partial": STRING}),
+    ),
     "voskResult": _message(
         "result",
-        'after eof or reset: words (unless `words` is off) and text; `{"text": ""}` when nothing was heard',
+        "after an audio frame that ended an utterance (a pause), and after eof or reset (what was heard since "
+        'the last result): words (unless `words` is off) and text; `{"text": ""}` when nothing was heard',
         _object(["text"], {"result": {"type": "array", "items": VOSK_WORD}, "text": STRING}),
     ),
     "voskAlternatives": _message(
         "alternatives",
-        "after eof or reset with max_alternatives > 0",
+        "instead of a result, with max_alternatives > 0",
         _object(
             ["alternatives"],
             {

@@ -78,3 +78,22 @@ def with_pyav(samples: np.ndarray, rate: int, container: str, codec: str) -> byt
         for packet in stream.encode(None):
             out.mux(packet)
     return buffer.getvalue()
+
+
+def spoken_phrases(
+    phrases: list[str], out: Path, pause: float = 1.2, lead: float = 0.5, tail: float = 1.0
+) -> Path:
+    """Phrases spoken one after another with silent pauses between them (16 kHz WAV): where a stream's
+    utterances should end."""
+    import numpy as np
+    import soundfile
+
+    def silence(seconds: float) -> np.ndarray:
+        return np.zeros(int(16000 * seconds), np.float32)
+
+    parts = [silence(lead)]
+    for i, text in enumerate(phrases):
+        spoken, _ = soundfile.read(speak(text, out.with_name(f"{out.stem}-{i}.wav")), dtype="float32")
+        parts += [spoken, silence(pause if i < len(phrases) - 1 else tail)]
+    soundfile.write(out, np.concatenate(parts), 16000, subtype="PCM_16")
+    return out
