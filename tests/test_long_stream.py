@@ -1,8 +1,8 @@
 """An hour of dictation on one stream: utterances keep its memory, its per-chunk cost and its messages flat.
 
-The slow test streams an hour of espeak-ng phrases with pauses (fed as fast as the server takes it) to a real
-server and reports, per ten minutes of audio, the server's RSS and CPU seconds and the largest message; the
-fast one runs ten minutes through a session in-process.
+One test streams an hour of espeak-ng phrases with pauses (fed as fast as the server takes it) to a real
+server (about 30 s on 2 cores) and reports, per ten minutes of audio, the server's RSS and CPU seconds and the
+largest message; the other runs ten minutes through a session in-process.
 """
 
 from __future__ import annotations
@@ -96,7 +96,6 @@ def server_usage(pid: int) -> tuple[float, float]:
     return rss_kb / 1024, (int(fields[11]) + int(fields[12])) / ticks
 
 
-@pytest.mark.slow
 def test_an_hour_on_one_stream_stays_flat(phrase_audio: list[np.ndarray]) -> None:
     from websockets.sync.client import connect
 

@@ -81,7 +81,12 @@ class WebSocketChannel:
         # After the server's close nothing the client sends matters; the reader would only wait for the end.
         if self._reader is not None:
             self._reader.cancel()
-        await self.websocket.close(code, reason=reason or None)
+        try:
+            await self.websocket.close(code, reason=reason or None)
+        except WebSocketDisconnect:
+            # The client closed first, between our last message and this close (Vosk's clients hang up as soon
+            # as the final arrives): the stream ended normally, there is nobody left to tell.
+            return
 
     def presented_key(self) -> bytes | None:
         """The API key this connection authenticated with (header or `?api_key=`), to bind resume tokens to it."""
