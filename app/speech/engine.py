@@ -124,7 +124,7 @@ class Engine:
     ) -> UtteranceDecoder:
         """Decoding cut at endpoints (`endpoints`, else the service's), the same for files and streams."""
         config = endpoints or self.endpoints
-        alphabet = self.model_dir.alphabet
+        alphabet = self.decoder.alphabet
         endpointer = None
         if config.silence_ms or config.max_frames:
             endpointer = Endpointer(config, alphabet.blank_index, alphabet.space_index)

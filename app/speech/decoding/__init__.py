@@ -1,7 +1,8 @@
 """CTC decoding behind one small interface: whole-input `decode` and incremental `stream`, greedy or beam+LM.
 
-Per-request options, on both: `hot_words` ({word: boost}, see hotwords.py and beam.py) and, for `decode` and
-`stream`, `alternatives` (N-best). Invalid options raise `HotWordError` / `DecodeOptionError` (ValueErrors with
+Per-request options, on both: `hot_words` ({word: boost}, see hotwords.py and beam.py), `grammar` (Vosk's
+phrase_list as the only vocabulary, parsed by `parse_grammar`; beam search only, see grammar.py) and, for
+`decode` and `stream`, `alternatives` (N-best); hot words and a grammar exclude each other. Invalid options raise `HotWordError` / `DecodeOptionError` (ValueErrors with
 a message for the client; the web layer answers 422), before any audio is decoded.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 
 from app.speech.alphabet import Alphabet
 from app.speech.decoding.beam import BeamDecoder, BeamOptions
+from app.speech.decoding.grammar import Grammar, GrammarError, check_grammar, parse_grammar
 from app.speech.decoding.greedy import GreedyStream, greedy_decode
 from app.speech.decoding.hotwords import (
     DEFAULT_BOOST,
@@ -47,12 +49,15 @@ __all__ = [
     "DecodeOptionError",
     "Decoder",
     "DecoderStream",
+    "Grammar",
+    "GrammarError",
     "HotWordError",
     "HotWords",
     "ScorerError",
     "Transcript",
     "Word",
     "build_decoder",
+    "parse_grammar",
     "parse_hot_words",
     "phrase_list_hot_words",
 ]
@@ -74,16 +79,26 @@ class DecoderStream(Protocol):
 
 class Decoder(Protocol):
     description: str
+    alphabet: Alphabet  # its labels: which index is the blank and which the space (the endpointer needs both)
 
-    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+    def check_options(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> HotWords:
         """Validate per-request options (raise HotWordError / DecodeOptionError); cheap, no decoding."""
         ...
 
     def decode(
-        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+        self,
+        probs: np.ndarray,
+        *,
+        hot_words: HotWordsArg = None,
+        alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> Transcript: ...
 
-    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream: ...
+    def stream(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> DecoderStream: ...
     def describe(self) -> dict[str, object]: ...
 
 
@@ -121,23 +136,38 @@ class GreedyDecoder:
     def __init__(self, alphabet: Alphabet) -> None:
         self.alphabet = alphabet
 
-    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+    def check_options(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> HotWords:
         hot = validate_hot_words(hot_words, self.alphabet)
         validate_alternatives(alternatives)
+        check_grammar(grammar, hot, self.alphabet)
         if hot:
             raise HotWordError(
                 "hot words need the beam-search decoder; this server decodes greedily (DS_DECODER=greedy)"
             )
+        if grammar is not None:
+            raise GrammarError(
+                "a grammar (phrase_list) needs the beam-search decoder; this server decodes greedily "
+                "(DS_DECODER=greedy)"
+            )
         return hot
 
     def decode(
-        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+        self,
+        probs: np.ndarray,
+        *,
+        hot_words: HotWordsArg = None,
+        alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> Transcript:
-        self.check_options(hot_words=hot_words, alternatives=alternatives)
+        self.check_options(hot_words=hot_words, alternatives=alternatives, grammar=grammar)
         return _single_alternative(greedy_decode(probs, self.alphabet).transcript, alternatives)
 
-    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream:
-        self.check_options(hot_words=hot_words, alternatives=alternatives)
+    def stream(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> DecoderStream:
+        self.check_options(hot_words=hot_words, alternatives=alternatives, grammar=grammar)
         return _GreedyDecoderStream(self.alphabet, alternatives)
 
     def describe(self) -> dict[str, object]:
@@ -154,18 +184,28 @@ class BeamSearchDecoder:
         lm = f"kenlm {scorer.path.name}" if scorer is not None else "no LM"
         self.description = f"beam {beam_width}, {lm}"
 
-    def check_options(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> HotWords:
+    def check_options(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> HotWords:
         hot = validate_hot_words(hot_words, self.alphabet)
         validate_alternatives(alternatives)
+        check_grammar(grammar, hot, self.alphabet)
         return hot
 
     def decode(
-        self, probs: np.ndarray, *, hot_words: HotWordsArg = None, alternatives: int = 1
+        self,
+        probs: np.ndarray,
+        *,
+        hot_words: HotWordsArg = None,
+        alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> Transcript:
-        return self.beam.decode(probs, hot_words=hot_words, alternatives=alternatives)
+        return self.beam.decode(probs, hot_words=hot_words, alternatives=alternatives, grammar=grammar)
 
-    def stream(self, *, hot_words: HotWordsArg = None, alternatives: int = 1) -> DecoderStream:
-        return self.beam.stream(hot_words=hot_words, alternatives=alternatives)
+    def stream(
+        self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
+    ) -> DecoderStream:
+        return self.beam.stream(hot_words=hot_words, alternatives=alternatives, grammar=grammar)
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {"kind": "beam", "beam_width": self.beam.options.beam_width}

@@ -25,6 +25,9 @@ completes, by lm.py's HotWordLM (that module says how this maps to DeepSpeech 0.
   and the best after that wins. It picks a hot word's spelling only if the search kept it, and does not affect
   partial results or text already committed by pruning (long streams).
 
+Grammar (Vosk's phrase_list; grammar.py says how): the grammar's trie and bigram LM replace the scorer's (with
+or without one), and grammar_words.py turns the emitted words and [unk]s into the transcript's words.
+
 N-best: after decode_end, flashlight's final hypotheses, best first, deduplicated by text; confidence =
 exp(score - logsumexp(scores of all final hypotheses)) (see timings.Alternative).
 """
@@ -54,6 +57,8 @@ from flashlight.lib.text.decoder import (
 # flashlight-text 0.0.7 moved KenLM here; the old `flashlight.lib.text.decoder.KenLM` path still works but
 # emits a PendingDeprecationWarning on every import.
 from app.speech.alphabet import ENGLISH, Alphabet
+from app.speech.decoding.grammar import Grammar, check_grammar, grammar_decoder
+from app.speech.decoding.grammar_words import GrammarTranscript
 from app.speech.decoding.greedy import GrowingTranscript, check_probs
 from app.speech.decoding.hotwords import NO_HOT_WORDS, HotWords, validate_alternatives, validate_hot_words
 from app.speech.decoding.lm import LN10, HotWordLM, Scorer
@@ -161,14 +166,19 @@ class BeamDecoder:
         return LexiconDecoder(lex, trie, lm, a.space_index, a.blank_index, s.unk_index, [], False)
 
     def stream(
-        self, *, hot_words: Mapping[str, float] | HotWords | None = None, alternatives: int = 1
+        self,
+        *,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> BeamStream:
-        """Start an incremental decode (one per audio stream), with its own hot words and N for N-best.
+        """Start an incremental decode (one per audio stream), with its own hot words or grammar and N for N-best.
 
         Raises HotWordError / DecodeOptionError (ValueErrors) for invalid options.
         """
         hot = validate_hot_words(hot_words, self.alphabet)
-        return BeamStream(self, hot, validate_alternatives(alternatives))
+        check_grammar(grammar, hot, self.alphabet)
+        return BeamStream(self, hot, validate_alternatives(alternatives), grammar)
 
     def decode(
         self,
@@ -176,9 +186,10 @@ class BeamDecoder:
         *,
         hot_words: Mapping[str, float] | HotWords | None = None,
         alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> Transcript:
         """Decode a whole utterance, pruning as a stream does so memory stays bounded on long files."""
-        stream = self.stream(hot_words=hot_words, alternatives=alternatives)
+        stream = self.stream(hot_words=hot_words, alternatives=alternatives, grammar=grammar)
         stream.feed(probs)
         return stream.finish()
 
@@ -196,15 +207,25 @@ class BeamStream:
     """
 
     def __init__(
-        self, decoder: BeamDecoder, hot_words: HotWords = NO_HOT_WORDS, alternatives: int = 1
+        self,
+        decoder: BeamDecoder,
+        hot_words: HotWords = NO_HOT_WORDS,
+        alternatives: int = 1,
+        grammar: Grammar | None = None,
     ) -> None:
         self._owner = decoder
         self._alphabet = decoder.alphabet
         self._hot = hot_words
         self._alternatives = alternatives
         # Keep this stream's trie and LM referenced for as long as its C++ decoder uses them.
-        self._lexicon = decoder._lexicon(hot_words) if decoder.scorer is not None else None
-        self._decoder = decoder._new_decoder(*(self._lexicon or ()))
+        self._lexicon: tuple[Trie, Any] | None = None
+        self._grammar_words: GrammarTranscript | None = None  # the committed words, for a grammar stream
+        if grammar is not None:
+            self._decoder, self._lexicon = grammar_decoder(grammar, decoder.options)
+            self._grammar_words = GrammarTranscript(self._alphabet, grammar.labels)
+        else:
+            self._lexicon = decoder._lexicon(hot_words) if decoder.scorer is not None else None
+            self._decoder = decoder._new_decoder(*(self._lexicon or ()))
         self._decoder.decode_begin()
         self._frames = 0  # frames fed
         self._pruned = 0  # frames whose path is committed (flashlight's nPrunedFrames_)
@@ -248,7 +269,10 @@ class BeamStream:
         self._decoder.prune(look_back)
         pending = np.concatenate(self._pending)
         self._committed_path += path
-        self._committed.commit(np.asarray(path), pending[np.arange(committed), path].astype(np.float64))
+        confidence = pending[np.arange(committed), path].astype(np.float64)
+        self._committed.commit(np.asarray(path), confidence)
+        if self._grammar_words is not None:
+            self._grammar_words.commit(np.asarray(path), best.words[1 : committed + 1], confidence)
         self._pending = [pending[committed:]]
         self._pruned += committed
 
@@ -267,15 +291,22 @@ class BeamStream:
         """Normalised text of a hypothesis (committed path + its tokens), without timings."""
         return self._committed.text(self._tail(tokens_after_pruned))
 
-    def _transcript(self, tokens_after_pruned: Sequence[int], *, exact: bool = False) -> Transcript:
-        """Committed path + this hypothesis's tokens as a Transcript; `exact`: see GrowingTranscript."""
-        tail = self._tail(tokens_after_pruned)
+    def _transcript(
+        self, hyp: DecodeResult | None, *, exact: bool = False, final: bool = False
+    ) -> Transcript:
+        """Committed path + this hypothesis's frames as a Transcript; `exact`: see GrowingTranscript; `final`:
+        after decode_end (a grammar stream's unclosed letters become [unk], see GrammarTranscript)."""
+        tail = self._tail(list(hyp.tokens[1:]) if hyp is not None else [])
         tail_conf = None
         if self._frames - self._pruned:
             pending = np.concatenate(self._pending) if len(self._pending) != 1 else self._pending[0]
             self._pending = [pending]
             tail_conf = pending[np.arange(len(tail)), tail].astype(np.float64)
-        return self._committed.transcript(tail, tail_conf, exact=exact)
+        if self._grammar_words is None:
+            return self._committed.transcript(tail, tail_conf, exact=exact)
+        # The frame after the real ones is finish()'s separator: the last grammar word is emitted there.
+        words = list(hyp.words[1 : self._frames - self._pruned + 2]) if hyp is not None else []
+        return self._grammar_words.transcript(tail, words, tail_conf, exact=exact, final=final)
 
     def stable_words(self) -> list[str]:
         """The words before the last space of the common text prefix of every hypothesis in the beam.
@@ -288,6 +319,8 @@ class BeamStream:
         frames = self._frames
         if not hyps or not frames:
             return []
+        if self._grammar_words is not None:
+            return self._grammar_words.stable_words(hyps, frames - self._pruned)
         alphabet = self._alphabet
         blank = alphabet.blank_index
         # The committed path's collapse is shared: only the frames since the last prune differ between
@@ -309,18 +342,18 @@ class BeamStream:
         return text[: text.rfind(" ") + 1].split()
 
     def partial(self) -> Transcript:
-        """Best transcript so far (it may still change; words in progress included)."""
+        """Best transcript so far (it may still change; words in progress included, with a grammar once spelled)."""
         if self._finished is not None:
             return self._finished
-        best = self._best_now()
-        return self._transcript(list(best.tokens[1:]) if best is not None else [])
+        return self._transcript(self._best_now())
 
     def finish(self) -> Transcript:
         """Close the last word (synthetic separator frame), run decode_end and return the final transcript."""
         if self._finished is not None:
             return self._finished
         a = self._alphabet
-        if self._owner.scorer is not None:  # the lexicon-free decoder has no words to close
+        # The lexicon-free decoder has no words to close.
+        if self._owner.scorer is not None or self._grammar_words is not None:
             separator = np.full((1, a.n_classes), math.log(FLT_MIN), dtype=np.float32)
             separator[0, a.space_index] = 0.0
             self._decoder.decode_step(separator.ctypes.data, 1, a.n_classes)
@@ -328,10 +361,9 @@ class BeamStream:
         # Not get_best_hypothesis(0): it cuts the path back to the last word boundary, and we want every
         # frame's token for the confidences. After decode_end the final hypotheses come sorted, best first.
         ranked = self._ranked(self._decoder.get_all_final_hypothesis())
-        best_tokens = list(ranked[0][1].tokens[1:]) if ranked else []
-        # Buffer layout: [0] committed/initial state, [1..n] real frames, then (with a scorer) the separator
-        # frame, and decode_end's closing step; _transcript keeps the n real frames only.
-        transcript = self._transcript(best_tokens, exact=True)
+        # Buffer layout: [0] committed/initial state, [1..n] real frames, then (with a lexicon) the separator
+        # frame, and decode_end's closing step; _transcript keeps the n real frames' tokens only.
+        transcript = self._transcript(ranked[0][1] if ranked else None, exact=True, final=True)
         if self._alternatives > 1:
             transcript = replace(transcript, alternatives=self._n_best(ranked, transcript))
         self._finished = transcript
@@ -361,7 +393,7 @@ class BeamStream:
         out: list[Alternative] = []
         seen: set[str] = set()
         for score, hyp in ranked:
-            transcript = best if not out else self._transcript(list(hyp.tokens[1:]))
+            transcript = best if not out else self._transcript(hyp, final=True)
             if transcript.text in seen:
                 continue
             seen.add(transcript.text)
