@@ -89,7 +89,7 @@ def test_stream_config_biasing_and_alternatives(client: TestClient, speech_wav: 
     assert len(message["alternatives"]) <= 2
 
 
-def test_vosk_phrase_list_and_max_alternatives(client: TestClient, speech_wav: Path) -> None:
+def test_vosk_phrase_list_is_a_grammar_with_max_alternatives(client: TestClient, speech_wav: Path) -> None:
     pcm = pcm16(speech_wav)
     with client.websocket_connect("/vosk") as ws:
         ws.send_text(
@@ -103,3 +103,4 @@ def test_vosk_phrase_list_and_max_alternatives(client: TestClient, speech_wav: P
     assert set(reply) == {"alternatives"} and 1 <= len(reply["alternatives"]) <= 2
     for alternative in reply["alternatives"]:
         assert set(alternative) == {"confidence", "result", "text"}
+        assert set(alternative["text"].split()) <= {"kitchen", "[unk]"}  # the grammar's words, or [unk]

@@ -336,11 +336,6 @@ def test_test_words_py_words_0_sends_text_only(words_replies: list[dict[str, Any
     assert "partial" not in words_replies[-1]
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="grammar: phrase_list is a Vosk grammar (only its words or [unk]); the service takes it as hot words "
-    "(boosted, not constraining) until the grammar support being written lands",
-)
 def test_test_words_py_phrase_list_is_a_grammar(words_replies: list[dict[str, Any]]) -> None:
     """Vosk recognizes only the phrase list's words (or "[unk]") once it is sent: not "kitchen" or "weather"."""
     allowed = {word for phrase in UPSTREAM_PHRASE_LIST for word in phrase.split()} | {"[unk]"}

@@ -2,12 +2,15 @@
 clients work unchanged.
 
 Client → server: optional `{"config": {"sample_rate": 16000, "words": 1, "phrase_list": [...],
-"max_alternatives": 3, "format": "webm"}}` (no reply, as Vosk; like Vosk, biasing applies before the first
-audio), binary frames of s16le mono PCM (or the declared container), `{"eof" : 1}` (final result, then close) and
-`{"reset" : 1}` (final result, the session goes on with fresh state). Control messages are parsed as JSON, not
-compared byte for byte as Vosk does, so `{"eof":1}` works too.
-Server → client: exactly one reply per client message: `{"partial": "..."}` after audio, and
-`{"result": [{"conf", "start", "end", "word"}], "text": "..."}` (or `{"text": ""}`) for eof/reset.
+"max_alternatives": 3, "format": "webm", "endpoint_silence_ms": 700}}` (no reply, as Vosk; like Vosk, a grammar
+applies from the first audio), binary frames of s16le mono PCM (or the declared container), `{"eof" : 1}` (final
+result, then close) and `{"reset" : 1}` (final result, the session goes on with fresh state). Control messages
+are parsed as JSON, not compared byte for byte as Vosk does, so `{"eof":1}` works too. `phrase_list` is a grammar
+as in Vosk (app/speech/decoding/grammar.py): only its phrases' words come out, `[unk]` for anything else.
+Server → client: exactly one reply per client message: after audio, `{"result": [{"conf", "start", "end",
+"word"}], "text": "..."}` when an utterance ended in it (Vosk's AcceptWaveform returned true), else
+`{"partial": "..."}` of the utterance in progress; for eof/reset the result of what was heard since the last one
+(or `{"text": ""}`).
 Vosk's default sample rate is 8000 Hz; so is this endpoint's unless the config says otherwise.
 The stream's life (admission, deadlines, drain, failures) is the controller's (app/service/streams.py).
 """
@@ -22,7 +25,7 @@ from app.routes.websocket import WebSocketChannel
 from app.service.stream_protocol import endpoint_silence, stream_options
 from app.service.streams import StreamController
 from app.speech.audio import UnsupportedAudio
-from app.speech.decoding import Transcript
+from app.speech.decoding import Transcript, parse_grammar
 from app.speech.utterances import Utterance, merge_utterances
 from app.web.deps import ServicesDep
 
@@ -64,9 +67,8 @@ class VoskDialect:
     def __init__(self) -> None:
         self.spec: tuple[str, int] = ("pcm", VOSK_DEFAULT_RATE)  # the declared (format, sample rate)
         self.words = True
-        self.hot_words: dict[str, float] | None = None
         self.max_alternatives = 0
-        self.silence_ms: int | None = None  # the config's endpoint_silence_ms (None: DS_ENDPOINT_SILENCE_MS)
+        self.options: dict[str, Any] = {"hot_words": None, "alternatives": 1}  # the session's (session_options)
 
     def input_spec(self) -> tuple[str, int]:
         return self.spec
@@ -111,7 +113,7 @@ class VoskDialect:
                 await stream.send(message)
             if control.get("eof"):
                 return True
-            await stream.reset(self.hot_words, max(1, self.max_alternatives), self.silence_ms)
+            await stream.reset(**self.options)
             return False
         await stream.send({"error": "expected a config, eof or reset message, or binary audio"})
         return False
@@ -119,11 +121,9 @@ class VoskDialect:
     async def _configure(self, stream: StreamController, config: dict[str, Any]) -> None:
         requested = (config.get("format", "pcm"), _as_rate(config.get("sample_rate", self.spec[1])))
         try:
-            hot, _ = stream_options(config)
-            n_best = int(config.get("max_alternatives", 0))
-            silence_ms = endpoint_silence(config)
-            if stream.session.samples_in == 0:
-                stream.new_session(hot, max(1, n_best), silence_ms)
+            options = session_options(stream, config)
+            if stream.session.samples_in == 0:  # as Vosk: biasing and grammar apply before the first audio
+                stream.new_session(**options)
             opened = stream.open_audio(str(requested[0]), requested[1])
         except (ValueError, TypeError, OverflowError) as exc:
             await stream.send({"error": str(exc)})
@@ -131,7 +131,21 @@ class VoskDialect:
         stream.use_audio(opened)
         stream.note_activity()
         self.spec, self.words = (str(requested[0]), requested[1]), bool(config.get("words", self.words))
-        self.hot_words, self.max_alternatives, self.silence_ms = hot, n_best, silence_ms
+        self.options, self.max_alternatives = options, int(config.get("max_alternatives", 0))
+
+
+def session_options(stream: StreamController, config: dict[str, Any]) -> dict[str, Any]:
+    """A config's decoding options: `phrase_list` a grammar (as in Vosk, not a boost), `hot_words` boosts,
+    `max_alternatives` the N best, `endpoint_silence_ms` the pause that ends an utterance."""
+    hot, _ = stream_options({key: value for key, value in config.items() if key != "phrase_list"})
+    phrases = config.get("phrase_list")
+    alphabet = stream.services.engine.decoder.alphabet
+    return {
+        "hot_words": hot,
+        "alternatives": max(1, int(config.get("max_alternatives", 0))),
+        "silence_ms": endpoint_silence(config),
+        "grammar": None if phrases is None else parse_grammar(phrases, alphabet),
+    }
 
 
 def _as_rate(value: Any) -> Any:

@@ -38,7 +38,7 @@ from app.service.stream_protocol import (
     parse_control,
 )
 from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
-from app.speech.decoding import Transcript
+from app.speech.decoding import Grammar, Transcript
 from app.speech.runtime import InferenceError
 from app.speech.session import StreamSession
 from app.speech.stream_audio import PcmInput, StreamAudio
@@ -296,13 +296,20 @@ class StreamController:
         self.state.audio = audio
 
     def new_session(
-        self, hot_words: dict[str, float] | None, alternatives: int, silence_ms: int | None = None
+        self,
+        hot_words: dict[str, float] | None,
+        alternatives: int,
+        silence_ms: int | None = None,
+        grammar: Grammar | None = None,
     ) -> None:
-        """A fresh session with these decoding options and pause length that ends an utterance (None: the
-        service's DS_ENDPOINT_SILENCE_MS); invalid options raise DecodeOptionError, a ValueError."""
+        """A fresh session with these decoding options (hot words or a grammar, N-best) and the pause that ends
+        an utterance (None: the service's DS_ENDPOINT_SILENCE_MS); invalid options raise DecodeOptionError, a
+        ValueError."""
         engine = self.services.engine
         endpoints = None if silence_ms is None else replace(engine.endpoints, silence_ms=silence_ms)
-        session = self._open_session(hot_words=hot_words, alternatives=alternatives, endpoints=endpoints)
+        session = self._open_session(
+            hot_words=hot_words, alternatives=alternatives, endpoints=endpoints, grammar=grammar
+        )
         self.state.session.close()
         self.state.session = session
 
@@ -382,13 +389,12 @@ class StreamController:
             return await run_sync(session.finish), exc
         return await run_sync(session.finish), None
 
-    async def reset(
-        self, hot_words: dict[str, float] | None, alternatives: int, silence_ms: int | None = None
-    ) -> None:
-        """After a final: the stream goes on with fresh state and a fresh input of the same kind."""
+    async def reset(self, **options: Any) -> None:
+        """After a final: the stream goes on with fresh state (`new_session`'s options) and a fresh input of the
+        same kind."""
         self.services.metrics.observe_stream(self.route, self.session)  # counted now: the session is replaced
         self.use_audio(self.open_audio(*self.dialect.input_spec()))
-        self.new_session(hot_words, alternatives, silence_ms)
+        self.new_session(**options)
 
     def make_resumable(self) -> dict[str, Any]:
         """Register the stream for resuming: its id, first token and the reconnect window."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from app.settings import Settings
-from app.speech.decoding import Decoder, HotWords, Transcript, build_decoder
+from app.speech.decoding import Decoder, Grammar, HotWords, Transcript, build_decoder
 from app.speech.endpoint import EndpointConfig, Endpointer
 from app.speech.features import context_window_blocks, mfcc
 from app.speech.model_dir import ModelDirectory, load_model_directory
@@ -121,6 +121,7 @@ class Engine:
         hot_words: Mapping[str, float] | HotWords | None = None,
         alternatives: int = 1,
         endpoints: EndpointConfig | None = None,
+        grammar: Grammar | None = None,
     ) -> UtteranceDecoder:
         """Decoding cut at endpoints (`endpoints`, else the service's), the same for files and streams."""
         config = endpoints or self.endpoints
@@ -129,7 +130,7 @@ class Engine:
         if config.silence_ms or config.max_frames:
             endpointer = Endpointer(config, alphabet.blank_index, alphabet.space_index)
         return UtteranceDecoder(
-            lambda: self.decoder.stream(hot_words=hot_words, alternatives=alternatives), endpointer
+            lambda: self.decoder.stream(hot_words=hot_words, alternatives=alternatives, grammar=grammar), endpointer
         )
 
     def open_stream(
@@ -138,11 +139,14 @@ class Engine:
         hot_words: Mapping[str, float] | HotWords | None = None,
         alternatives: int = 1,
         endpoints: EndpointConfig | None = None,
+        grammar: Grammar | None = None,
         on_utterances: Callable[[list[Utterance]], None] | None = None,
     ) -> StreamSession:
-        """A new stream with its own state, hot words, N-best and endpoint settings (invalid ones raise at once);
-        `on_utterances` hears of its utterances as they are found."""
-        decoder = self.utterance_decoder(hot_words=hot_words, alternatives=alternatives, endpoints=endpoints)
+        """A new stream with its own state, hot words or grammar, N-best and endpoint settings (invalid ones raise
+        at once); `on_utterances` hears of its utterances as they are found."""
+        decoder = self.utterance_decoder(
+            hot_words=hot_words, alternatives=alternatives, endpoints=endpoints, grammar=grammar
+        )
         return StreamSession(self.stream_model, decoder, on_utterances)
 
     def close(self) -> None:

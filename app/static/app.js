@@ -10,9 +10,10 @@
   const FINAL_TIMEOUT_MS = 60000;
 
   // What the page received, for debugging in the console and for the browser test.
-  const log = { partials: [], finals: [], errors: [], transcriptions: [] };
+  const log = { partials: [], utterances: [], finals: [], errors: [], transcriptions: [] };
   window.__sttLog = log;
   window.__partials = log.partials;
+  window.__utterances = log.utterances; // each utterance message, and the final's utterance when it has one
   window.__finals = log.finals;
 
   const $ = (id) => document.getElementById(id);
@@ -30,6 +31,8 @@
     recordLabel: $("record-label"),
     recordStatus: $("record-status"),
     level: $("level"),
+    liveTranscript: $("live-transcript"),
+    utterances: $("utterances"),
     partial: $("partial"),
     dropZone: $("drop-zone"),
     fileInput: $("file-input"),
@@ -166,6 +169,15 @@
     return `${m}:${s.toFixed(2).padStart(5, "0")}`;
   }
 
+  // Where an utterance starts, to the second: "0:03", "12:40", "1:02:03".
+  function shortClock(seconds) {
+    const total = Math.floor(Math.max(0, seconds));
+    const h = Math.floor(total / 3600);
+    const m = Math.floor((total % 3600) / 60);
+    const s = String(total % 60).padStart(2, "0");
+    return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+  }
+
   function timestamp(seconds, separator) {
     const ms = Math.max(0, Math.round(seconds * 1000));
     const h = Math.floor(ms / 3600000);
@@ -245,7 +257,24 @@
 
   let current = null; // {name, data: {text, words, ...}, audioUrl}
 
-  function showResult(name, description, data, audioUrl) {
+  // The transcript as paragraphs, one per utterance (the server cuts at pauses), so a long recording reads as
+  // the speaker paused rather than as one block; the whole text as one when there are none (an older server).
+  function showParagraphs(data, utterances) {
+    const texts = (Array.isArray(utterances) ? utterances : []).map((u) => u.text).filter(Boolean);
+    if (!texts.length && data.text) texts.push(data.text);
+    ui.resultText.classList.toggle("empty", !texts.length);
+    if (!texts.length) texts.push("(nothing recognised)");
+    ui.resultText.replaceChildren(
+      ...texts.map((text) => {
+        const paragraph = document.createElement("p");
+        paragraph.textContent = text;
+        return paragraph;
+      }),
+    );
+  }
+
+  // `utterances`: [{text, start, ...}] to show as paragraphs (/transcribe's list, or a recording's utterances).
+  function showResult(name, description, data, audioUrl, utterances) {
     if (current && current.audioUrl) URL.revokeObjectURL(current.audioUrl);
     current = { name, data, audioUrl };
     const words = Array.isArray(data.words) ? data.words : [];
@@ -253,9 +282,7 @@
     if (typeof data.confidence === "number") meta.push(`confidence ${data.confidence.toFixed(2)}`);
     if (typeof data.processing_seconds === "number") meta.push(`processed in ${data.processing_seconds.toFixed(2)} s`);
     ui.resultMeta.textContent = meta.join(" · ");
-    ui.resultText.textContent = data.text || "";
-    ui.resultText.classList.toggle("empty", !data.text);
-    if (!data.text) ui.resultText.textContent = "(nothing recognised)";
+    showParagraphs(data, utterances);
 
     ui.words.replaceChildren(
       ...words.map((w, index) => {
@@ -344,6 +371,45 @@
     button.addEventListener("click", () => download(button.dataset.download));
   }
 
+  // ---------------------------------------------------------------- live transcript: utterances, then the partial
+
+  // The server cuts a stream into utterances at pauses. An "utterance" message is finished text: it joins the
+  // list for good. A "partial" is only the utterance in progress (it starts afresh after each utterance), so it
+  // replaces the line after the list instead of everything. The list is the polite live region; the partial line
+  // is not one, or a screen reader would read out every change to it.
+
+  function clearLive() {
+    ui.utterances.replaceChildren();
+    ui.partial.textContent = "";
+    markLiveEmpty();
+  }
+
+  // "Nothing yet." (CSS) only while there is neither a finished utterance nor a partial.
+  function markLiveEmpty() {
+    ui.liveTranscript.classList.toggle("empty", !ui.utterances.children.length && !ui.partial.textContent);
+  }
+
+  function showPartial(text) {
+    ui.partial.textContent = text;
+    markLiveEmpty();
+  }
+
+  function addUtterance(r, utterance) {
+    log.utterances.push(utterance);
+    r.utterances.push(utterance);
+    const item = document.createElement("li");
+    item.className = "utterance";
+    const time = document.createElement("span");
+    time.className = "utterance-time";
+    time.textContent = shortClock(utterance.start);
+    const text = document.createElement("span");
+    text.className = "utterance-text";
+    text.textContent = utterance.text;
+    item.append(time, " ", text);
+    ui.utterances.append(item);
+    showPartial(""); // the partial was this utterance; the next one's partials start from nothing
+  }
+
   // ---------------------------------------------------------------- live: microphone → websocket /stream
 
   let rec = null; // the recording in progress
@@ -404,14 +470,19 @@
     }
     if (message.type === "partial") {
       log.partials.push(message.text);
-      ui.partial.textContent = message.text;
+      showPartial(message.text);
+    } else if (message.type === "utterance") {
+      const { type, ...utterance } = message;
+      addUtterance(r, utterance);
     } else if (message.type === "final") {
       log.finals.push(message);
       r.gotFinal = true;
-      ui.partial.textContent = message.text;
+      // eof ended the last utterance (null: a pause had already ended it, and it came as a message).
+      if (message.utterance) addUtterance(r, message.utterance);
+      showPartial("");
       const { type, ...data } = message;
       const audioUrl = r.chunks.length ? URL.createObjectURL(wavBlob(r.chunks, r.rate)) : null;
-      showResult("recording", "From the microphone", data, audioUrl);
+      showResult("recording", "From the microphone", data, audioUrl, r.utterances);
       finishRecording(r, `Done: ${(message.words || []).length} words in ${Number(message.duration || 0).toFixed(1)} s.`);
     } else if (message.type === "error") {
       showError(`The server reported a problem with the stream: ${message.message} (${message.code})`);
@@ -429,7 +500,7 @@
       return;
     }
     setRecordState("starting", "Asking for the microphone…");
-    const r = { chunks: [], samples: 0, gotFinal: false, stopping: false };
+    const r = { chunks: [], samples: 0, utterances: [], gotFinal: false, stopping: false };
     rec = r;
     try {
       r.stream = await navigator.mediaDevices.getUserMedia({
@@ -454,6 +525,7 @@
     }
     if (rec !== r) return; // stopped meanwhile
     const ws = r.ws;
+    clearLive(); // the last recording's transcript goes before this one's first message can arrive
     ws.onmessage = (event) => onStreamMessage(r, event);
     ws.onclose = (event) => {
       if (r.gotFinal) return;
@@ -492,7 +564,6 @@
     r.source.connect(r.node);
     r.node.connect(r.ctx.destination); // the processor outputs silence; connected so every browser runs it
     if (r.ctx.state === "suspended") await r.ctx.resume();
-    ui.partial.textContent = "";
     setRecordState("recording", "Recording… speak now.");
   }
 
@@ -547,7 +618,7 @@
       if (!body || typeof body.text !== "string") throw new Error("The server's answer was not a transcript.");
       log.transcriptions.push(body);
       const name = file.name.replace(/\.[^.]+$/, "") || "transcript";
-      showResult(name, file.name, body, URL.createObjectURL(file));
+      showResult(name, file.name, body, URL.createObjectURL(file), body.utterances);
       ui.fileStatus.textContent = `Transcribed ${file.name}: ${body.words.length} words.`;
     } catch (err) {
       ui.fileStatus.textContent = "";
