@@ -1,10 +1,13 @@
 """The page at / in a real headless Chromium against a real uvicorn serving the small random-weight model.
 
 A fake microphone plays a generated speech WAV (Chromium loops it); the test records, watches live partials appear
-on the page, stops, and checks the final shown against the final the server sent; then drops the same file, plays
-from a word, and downloads SRT, VTT and JSON. Transcripts are noise (random weights): everything is checked for
-structure and consistency, never for text. A screenshot is saved as `page.png` in the test's tmp_path and copied
-to `.cache/page.png` for a reviewer.
+on the page, stops, and checks the utterances and final shown against what the server sent; then drops the same
+file, plays from a word, and downloads SRT, VTT and JSON. Transcripts are noise (random weights): everything is
+checked for structure and consistency, never for text. A screenshot is saved as `page.png` in the test's tmp_path
+and copied to `.cache/page.png` for a reviewer.
+
+Utterances need a model that hears the pauses: one test runs a second server on the trained models/default and
+speaks two phrases with a pause between them, live and as a file (`.cache/page-utterances.png`).
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.audio import speak
+from tests.support.audio import speak, spoken_phrases
 from tests.support.server import running_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = ROOT / "models" / "default"
+PHRASES = ["turn on the kitchen lights", "what is the weather like today"]
 
 if not CHROMIUM.exists():
     pytest.skip(
@@ -56,6 +61,15 @@ OBSERVE_PARTIALS = """() => {
     .observe(el, {childList: true, characterData: true, subtree: true});
 }"""
 
+# Records, at each change of the live transcript, how many finished utterances it listed and the live line's text.
+OBSERVE_LIVE = """() => {
+  window.__live = [];
+  const list = document.getElementById("utterances");
+  const partial = document.getElementById("partial");
+  new MutationObserver(() => window.__live.push({utterances: list.children.length, partial: partial.textContent}))
+    .observe(document.getElementById("live-transcript"), {childList: true, characterData: true, subtree: true});
+}"""
+
 MAKE_DROP = """([b64, name, type]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const dt = new DataTransfer();
@@ -70,6 +84,54 @@ CUE = re.compile(r"(\d+)\n(\d\d):(\d\d):(\d\d)[,.](\d{3}) --> (\d\d):(\d\d):(\d\
 def page_server(small_model_dir: Path) -> Iterator[str]:
     with running_server({"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "64"}) as base:
         yield base
+
+
+@pytest.fixture(scope="module")
+def default_server() -> Iterator[str]:
+    """A server on the trained models/default: the random model's noise has no pauses to cut at."""
+    if not (DEFAULT_MODEL / "manifest.json").exists():
+        pytest.skip("models/default is not built (make default-model)")
+    with running_server({"DS_MODEL_DIR": str(DEFAULT_MODEL)}) as base:
+        yield base
+
+
+def launch(playwright: Any, tmp_path: Path, microphone: Path, **options: Any) -> Any:
+    """Headless Chromium with a fake microphone that plays `microphone` (a WAV, looped) and a fresh profile."""
+    return playwright.chromium.launch_persistent_context(
+        str(tmp_path / "profile"),
+        executable_path=str(CHROMIUM),
+        headless=True,
+        args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={microphone}"],
+        **options,
+    )
+
+
+def short_clock(seconds: float) -> str:
+    """An utterance's start as the page shows it: 3.6 s is "0:03"."""
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def check_live_transcript(page: Any, utterances: list[dict[str, Any]]) -> None:
+    """After the final: the live transcript lists `utterances` (what the server sent), each with its start time,
+    and the live line is empty."""
+    texts = page.locator("#utterances .utterance-text")
+    if utterances:
+        sync_api.expect(texts).to_have_text([u["text"] for u in utterances])
+        times = page.locator("#utterances .utterance-time")
+        sync_api.expect(times).to_have_text([short_clock(u["start"]) for u in utterances])
+    else:
+        sync_api.expect(texts).to_have_count(0)
+    sync_api.expect(page.locator("#partial")).to_have_text("")
+
+
+def paragraphs(utterances: list[dict[str, Any]], text: str) -> list[str]:
+    """The result's paragraphs: one per utterance, else the whole text."""
+    return [u["text"] for u in utterances if u["text"]] or [text]
+
+
+def check_paragraphs(page: Any, expected: list[str]) -> None:
+    sync_api.expect(page.locator("#result-text > p")).to_have_text(expected)
 
 
 def parse_cues(text: str) -> list[tuple[int, float, float, str]]:
@@ -115,13 +177,8 @@ def test_page_live_partials_final_upload_words_and_downloads(page_server: str, t
 
     problems: list[str] = []
     with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"],
-            accept_downloads=True,
-            viewport={"width": 1100, "height": 900},
+        context = launch(
+            playwright, tmp_path, wav, accept_downloads=True, viewport={"width": 1100, "height": 900}
         )
         try:
             page = context.pages[0] if context.pages else context.new_page()
@@ -151,8 +208,8 @@ def test_page_live_partials_final_upload_words_and_downloads(page_server: str, t
             final = log["finals"][0]
             assert final["type"] == "final" and final["duration"] > 0.5
             assert final["text"].strip(), "the final is empty; the test needs a transcript to check"
-            sync_api.expect(page.locator("#result-text")).to_have_text(final["text"])
-            sync_api.expect(page.locator("#partial")).to_have_text(final["text"])
+            check_live_transcript(page, log["utterances"])
+            check_paragraphs(page, paragraphs(log["utterances"], final["text"]))
             words = page.locator("#words .word-text").all_inner_texts()
             assert words == [w["word"] for w in final["words"]]
             sync_api.expect(page.locator("#record-label")).to_have_text("Start recording")
@@ -165,9 +222,10 @@ def test_page_live_partials_final_upload_words_and_downloads(page_server: str, t
             page.wait_for_function("window.__sttLog.transcriptions.length === 1", timeout=30000)
             body = page.evaluate("window.__sttLog.transcriptions[0]")
             assert body["text"] == expected_upload["text"] and body["words"] == expected_upload["words"]
+            assert body["utterances"] == expected_upload["utterances"]
             words = body["words"]
             assert words, "the upload produced no words; the test needs some to click"
-            sync_api.expect(page.locator("#result-text")).to_have_text(body["text"])
+            check_paragraphs(page, paragraphs(body["utterances"], body["text"]))
             sync_api.expect(page.locator("#words button.word")).to_have_count(len(words))
             assert page.locator("#words .word-text").all_inner_texts() == [w["word"] for w in words]
             times = page.locator("#words .word-time").all_inner_texts()
@@ -247,12 +305,7 @@ def test_page_asks_for_the_api_key_and_sends_it(small_model_dir: Path, tmp_path:
     key = "page-test-key-7f3a"
     env = {"DS_MODEL_DIR": str(small_model_dir), "DS_BEAM_WIDTH": "16", "DS_API_KEY": key}
     with running_server(env) as base, sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),
-            executable_path=str(CHROMIUM),
-            headless=True,
-            args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={wav}"],
-        )
+        context = launch(playwright, tmp_path, wav)
         try:
             page = context.pages[0] if context.pages else context.new_page()
             sent: list[tuple[str, str | None]] = []
@@ -289,3 +342,63 @@ def test_page_asks_for_the_api_key_and_sends_it(small_model_dir: Path, tmp_path:
     assert uploads == [f"Bearer {key}"]
     assert sockets and all(url.startswith(f"ws{base[4:]}/stream?api_key={key}") for url in sockets)
     assert not [url for url, _ in sent if key in url]  # HTTP requests carry it in a header only
+
+
+def test_page_shows_utterances_live_and_a_file_as_paragraphs(default_server: str, tmp_path: Path) -> None:
+    """Two phrases with a pause between them: live, each finished utterance joins the list (with its start time)
+    while the next is heard on the live line, and the final clears that line; as a file, one paragraph per
+    utterance of /transcribe."""
+    base = default_server
+    # Chromium loops the fake microphone's file: a long silent tail keeps the replay's first words well after the
+    # stop, so the recording holds exactly the two phrases.
+    wav = spoken_phrases(PHRASES, tmp_path / "two.wav", tail=3.0)
+    expected = httpx.post(
+        f"{base}/transcribe", files={"file": ("two.wav", wav.read_bytes(), "audio/wav")}, timeout=60
+    ).json()
+    assert len(expected["utterances"]) == 2, f"models/default did not cut at the pause: {expected}"
+
+    problems: list[str] = []
+    with sync_api.sync_playwright() as playwright:
+        context = launch(playwright, tmp_path, wav, viewport={"width": 1100, "height": 900})
+        try:
+            page = context.pages[0] if context.pages else context.new_page()
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            page.on("console", lambda m: problems.append(f"console: {m.text}") if m.type == "error" else None)
+            page.goto(f"{base}/")
+            sync_api.expect(page.locator("#service-info")).to_contain_text("Model", timeout=10000)
+            # Announced politely: the list of finished utterances, not the live line (it changes constantly).
+            assert page.get_attribute("#utterances", "aria-live") == "polite"
+            assert page.evaluate("document.getElementById('partial').closest('[aria-live]')") is None
+            page.evaluate(OBSERVE_LIVE)
+
+            page.get_by_role("button", name="Start recording").click()
+            page.wait_for_function("window.__utterances.length >= 2", timeout=30000)
+            page.get_by_role("button", name="Stop recording").click()
+            page.wait_for_function("window.__finals.length === 1", timeout=20000)
+            log = page.evaluate("window.__sttLog")
+            assert not log["errors"], log["errors"]
+            heard = log["utterances"]
+            assert len(heard) == 2, heard
+            check_live_transcript(page, heard)
+            check_paragraphs(page, [u["text"] for u in heard])
+            # While the second phrase was heard, the first stood finished in the list above it.
+            live = page.evaluate("window.__live")
+            assert any(s["utterances"] == 1 and s["partial"].strip() for s in live), live
+            shown = [s["partial"] for s in live if s["partial"]]  # "": cleared by an utterance or the final
+            assert all(text in log["partials"] for text in shown)  # the line shows what the server sent
+
+            payload = base64.b64encode(wav.read_bytes()).decode()
+            drop = page.evaluate_handle(MAKE_DROP, [payload, "two.wav", "audio/wav"])
+            page.dispatch_event("#drop-zone", "drop", {"dataTransfer": drop})
+            page.wait_for_function("window.__sttLog.transcriptions.length === 1", timeout=30000)
+            body = page.evaluate("window.__sttLog.transcriptions[0]")
+            assert body["utterances"] == expected["utterances"]
+            check_paragraphs(page, [u["text"] for u in expected["utterances"]])
+            sync_api.expect(page.locator("#words button.word")).to_have_count(len(body["words"]))
+
+            page.screenshot(path=str(tmp_path / "page-utterances.png"), full_page=True)
+            (ROOT / ".cache").mkdir(exist_ok=True)
+            shutil.copy(tmp_path / "page-utterances.png", ROOT / ".cache" / "page-utterances.png")
+        finally:
+            context.close()
+    assert not problems, problems
