@@ -23,6 +23,8 @@ from app.speech.runtime import CoreMLUnavailable
 from app.web import install_web_layer
 from app.web.auth import DOCS_ASSETS
 from app.web.logs import configure_logging
+from app.wyoming.address import WyomingAddress
+from app.wyoming.server import WyomingServer
 
 log = logging.getLogger("app")
 
@@ -53,7 +55,10 @@ def create_app(
             seconds = await run_in_threadpool(warm_up, services.engine)
             log.info("warm-up inference done in %.2f s; ready", seconds)
             services.mark_ready(seconds)
+        wyoming = await start_wyoming(services)
         yield
+        if wyoming is not None:
+            await wyoming.close()
         services.resumable.close_all()
         if engine is None or owns_engine:
             services.engine.close()  # stops the stream batcher's thread
@@ -74,6 +79,16 @@ def create_app(
     install_web_layer(app, services)
     install_routes(app)
     return app
+
+
+async def start_wyoming(services: Services) -> WyomingServer | None:
+    """The Wyoming listener when DS_WYOMING_URI is set (same engine, limits and drain as the websockets)."""
+    uri = services.settings.wyoming_uri
+    if not uri:
+        return None
+    server = WyomingServer(services, WyomingAddress.parse(uri))
+    await server.start()
+    return server
 
 
 @cache

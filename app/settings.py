@@ -117,6 +117,17 @@ class Settings(BaseSettings):
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"
     )
     verify_model_hashes: bool = True
+    wyoming_uri: str | None = Field(
+        None,
+        description="also serve Home Assistant's Wyoming protocol here, e.g. tcp://127.0.0.1:10300 (unset: off); "
+        "Wyoming has no authentication, so tcp://0.0.0.0 lets anyone on the network transcribe",
+    )
+    wyoming_zeroconf: str | None = Field(
+        None, description="advertise the Wyoming listener over mDNS as this name (needs the zeroconf extra)"
+    )
+    wyoming_hot_words: str | None = Field(
+        None, description="hot words for every Wyoming transcription, 'word:boost,...' (Wyoming cannot send them)"
+    )
     api_key: SecretStr | None = Field(
         None,
         description="API key: `Authorization: Bearer <key>` (websockets also `?api_key=`); unset or empty = open",
@@ -172,6 +183,24 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
         return value
+
+    @field_validator("wyoming_uri")
+    @classmethod
+    def _wyoming_address(cls, value: str | None) -> str | None:
+        if value:
+            from app.wyoming.address import WyomingAddress
+
+            WyomingAddress.parse(value)
+        return value or None
+
+    @field_validator("wyoming_hot_words")
+    @classmethod
+    def _wyoming_hot_words(cls, value: str | None) -> str | None:
+        if value:
+            from app.speech.decoding import parse_hot_words
+
+            parse_hot_words([value])
+        return value or None
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -405,6 +405,7 @@ def _default_model_or_skip():
 def test_sessions_attach_and_detach() -> None:
     from app.speech.decoding.greedy import GreedyStream
     from app.speech.session import StreamSession
+    from app.speech.utterances import UtteranceDecoder
 
     class Decoder:  # a DecoderStream
         def __init__(self) -> None:
@@ -421,7 +422,10 @@ def test_sessions_attach_and_detach() -> None:
 
     batcher = BatchingModel(_model(64))
     try:
-        finished, closed, dropped = (StreamSession(batcher, Decoder()) for _ in range(3))
+        finished, closed, dropped = (
+            StreamSession(batcher, UtteranceDecoder(Decoder, None))  # type: ignore[arg-type]  # enough of one
+            for _ in range(3)
+        )
         assert batcher.open_streams == 3
         finished.feed(np.zeros(8000, np.float32))
         finished.finish()

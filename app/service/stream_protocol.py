@@ -66,7 +66,8 @@ class ClientTooSlow(TimeoutError):
 
 
 class BadMessage(ValueError):
-    """A text message that is not a JSON object."""
+    """A message the stream cannot take (text that is not a JSON object, a malformed frame); the stream goes on.
+    Its text is the client's explanation."""
 
 
 def stream_options(config: dict[str, Any]) -> tuple[dict[str, float] | None, int]:
@@ -139,13 +140,13 @@ def endpoint_silence(config: dict[str, Any]) -> int | None:
 def parse_control(text: str) -> dict[str, Any]:
     """A control message: a JSON object of bounded size (BadMessage otherwise)."""
     if len(text) > MAX_CONTROL_CHARS:
-        raise BadMessage(f"a control message of {len(text)} characters; the limit is 64 KB")
+        raise BadMessage(f"not a JSON object: a control message of {len(text)} characters; the limit is 64 KB")
     try:
         control = json.loads(text)
     except RecursionError:
-        raise BadMessage("the JSON is nested too deeply") from None
+        raise BadMessage("not a JSON object: the JSON is nested too deeply") from None
     except ValueError as exc:
-        raise BadMessage(str(exc)) from None
+        raise BadMessage(f"not a JSON object: {exc}") from None
     if not isinstance(control, dict):
-        raise BadMessage("a control message is a JSON object")
+        raise BadMessage("not a JSON object (a control message must be one)")
     return control

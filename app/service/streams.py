@@ -144,7 +144,7 @@ class StreamController:
         try:
             message = await self._receive()
         except BadMessage as exc:
-            await self.send(self.dialect.error("bad_message", f"not a JSON object: {exc}"))
+            await self.send(self.dialect.error("bad_message", str(exc)))
             return False
         if isinstance(message, bytes):
             await self.dialect.on_audio(self, message)

@@ -64,6 +64,11 @@ class StreamSession:
         """Every utterance finished so far (the last one too, after finish())."""
         return self._decoder.utterances
 
+    def stable_words(self) -> list[str]:
+        """The stream's words no later audio can change: finished utterances' and the current one's certain ones
+        (what a protocol that sends text as it becomes final, like Wyoming's transcript chunks, may send)."""
+        return self._decoder.stable_words()
+
     @property
     def has_utterances(self) -> bool:
         """Utterances are finished and not yet taken."""
