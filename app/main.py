@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
+from typing import NoReturn
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -38,12 +41,16 @@ STARTUP_ERRORS = (ModelDirectoryError, ScorerError, AlphabetError, CoreMLUnavail
 
 
 def create_app(
-    settings: Settings | None = None, engine: Engine | None = None, *, owns_engine: bool = False
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+    *,
+    owns_engine: bool = False,
+    wyoming_listener: socket.socket | None = None,
 ) -> FastAPI:
     """Build the app; models load once in the lifespan unless a loaded engine is given (tests, `app` below).
 
     The app closes (at shutdown) an engine it loaded, or one given with `owns_engine`; never one that tests share
-    between apps."""
+    between apps. With DS_WYOMING_URI it serves Wyoming too, on `wyoming_listener` if bound already."""
     settings = settings or Settings()
     services = Services.create(settings, engine)
 
@@ -55,7 +62,7 @@ def create_app(
             seconds = await run_in_threadpool(warm_up, services.engine)
             log.info("warm-up inference done in %.2f s; ready", seconds)
             services.mark_ready(seconds)
-        wyoming = await start_wyoming(services)
+        wyoming = await start_wyoming(services, wyoming_listener)
         yield
         if wyoming is not None:
             await wyoming.close()
@@ -81,14 +88,27 @@ def create_app(
     return app
 
 
-async def start_wyoming(services: Services) -> WyomingServer | None:
+async def start_wyoming(services: Services, listener: socket.socket | None) -> WyomingServer | None:
     """The Wyoming listener when DS_WYOMING_URI is set (same engine, limits and drain as the websockets)."""
     uri = services.settings.wyoming_uri
     if not uri:
         return None
     server = WyomingServer(services, WyomingAddress.parse(uri))
-    await server.start()
+    await server.start(listener)
     return server
+
+
+def bind_wyoming(settings: Settings) -> socket.socket | None:
+    """DS_WYOMING_URI's socket, bound before anything serves; a taken address or a missing zeroconf package
+    stops startup with one line."""
+    if not settings.wyoming_uri:
+        return None
+    if settings.wyoming_zeroconf and importlib.util.find_spec("zeroconf") is None:
+        _exit("DS_WYOMING_ZEROCONF needs the zeroconf package: pip install '.[zeroconf]' (or unset it)")
+    try:
+        return WyomingAddress.parse(settings.wyoming_uri).bind()
+    except OSError as exc:
+        _exit(f"DS_WYOMING_URI={settings.wyoming_uri}: cannot listen there: {exc.strerror or exc}")
 
 
 @cache
@@ -103,7 +123,7 @@ def app_from_environment() -> FastAPI:
         _exit(settings_problems(exc))
     except STARTUP_ERRORS as exc:
         _exit(str(exc))
-    return create_app(settings, engine, owns_engine=True)
+    return create_app(settings, engine, owns_engine=True, wyoming_listener=bind_wyoming(settings))
 
 
 def settings_problems(exc: ValidationError) -> str:
@@ -112,7 +132,7 @@ def settings_problems(exc: ValidationError) -> str:
     return f"invalid settings: {problems}"
 
 
-def _exit(message: str) -> None:
+def _exit(message: str) -> NoReturn:
     log.critical("cannot start: %s", message)
     raise SystemExit(1)
 

@@ -23,6 +23,11 @@ on an external volume (/Volumes): macOS privacy protection keeps launchd jobs ou
   --host HOST         address to listen on (default 127.0.0.1; 0.0.0.0 for the whole network)
   --port PORT         port (default 8000)
   --model-dir DIR     model directory with manifest.json (default \$DS_MODEL_DIR, else $repo/models/default)
+  --wyoming URI       also serve Home Assistant's Wyoming protocol there, e.g. tcp://127.0.0.1:10300
+                      (tcp://0.0.0.0:10300 for Home Assistant on another machine: Wyoming has no
+                      authentication, so only on a network you trust)
+  --zeroconf NAME     with --wyoming tcp://...: advertise it over mDNS as NAME so Home Assistant finds it
+                      (needs the zeroconf extra: VENV/bin/pip install '.[zeroconf]')
   --env KEY=VALUE     an environment variable for the service, e.g. --env DS_BEAM_WIDTH=100 (repeatable);
                       DS_* variables set in this shell are passed through too
   --label LABEL       launchd label (default local.deepspeech.stt)
@@ -75,6 +80,8 @@ refuse_protected() {
 host=${DS_HOST:-127.0.0.1}
 port=${DS_PORT:-8000}
 model_dir=
+wyoming=${DS_WYOMING_URI:-}
+zeroconf=${DS_WYOMING_ZEROCONF:-}
 label=local.deepspeech.stt
 system=0
 user=
@@ -116,6 +123,8 @@ while [[ $# -gt 0 ]]; do
 	--host) need_value "$@"; host=$2; shift 2 ;;
 	--port) need_value "$@"; port=$2; shift 2 ;;
 	--model-dir) need_value "$@"; model_dir=$2; shift 2 ;;
+	--wyoming) need_value "$@"; wyoming=$2; shift 2 ;;
+	--zeroconf) need_value "$@"; zeroconf=$2; shift 2 ;;
 	--label) need_value "$@"; label=$2; shift 2 ;;
 	--user) need_value "$@"; user=$2; shift 2 ;;
 	--log-dir) need_value "$@"; log_dir=$2; shift 2 ;;
@@ -149,6 +158,13 @@ port=$((10#$port))
 wait_s=$((10#$wait_s))
 [[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || usage_error "--host must be an address or host name, got '$host'"
 check_label
+if [[ -n $wyoming ]] && ! [[ $wyoming =~ ^tcp://[A-Za-z0-9.:_-]+:[0-9]{1,5}$ || $wyoming =~ ^unix:///[^[:space:]]+$ ]]; then
+	usage_error "--wyoming must be tcp://HOST:PORT or unix:///PATH, got '$wyoming'"
+fi
+if [[ -n $zeroconf ]]; then
+	[[ $wyoming == tcp://* ]] || usage_error "--zeroconf needs --wyoming tcp://HOST:PORT"
+	[[ $zeroconf =~ ^[A-Za-z0-9_-]{1,63}$ ]] || usage_error "--zeroconf NAME: letters, digits, - and _ (at most 63)"
+fi
 [[ $system == 1 || -z $user ]] || usage_error "--user is only for --system (an agent runs as you)"
 [[ -f $template ]] || die "the template $template is missing"
 
@@ -191,6 +207,8 @@ fi
 # --- render -----------------------------------------------------------------------------------------------------
 set_env DS_HOST "$host"
 set_env DS_PORT "$port"
+[[ -z $wyoming ]] || set_env DS_WYOMING_URI "$wyoming"
+[[ -z $zeroconf ]] || set_env DS_WYOMING_ZEROCONF "$zeroconf"
 # launchd starts jobs with PATH=/usr/bin:/bin:/usr/sbin:/sbin; add the venv and Homebrew.
 has_path=0
 for k in "${env_keys[@]}"; do

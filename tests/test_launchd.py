@@ -231,6 +231,18 @@ def test_options_and_env_pass_through(env: dict[str, str], model_dir: Path, venv
     assert job["StandardOutPath"] == "/var/tmp/stt-logs/stdout.log"
 
 
+def test_wyoming_for_home_assistant(env: dict[str, str], model_dir: Path, venv: Path) -> None:
+    _, _, job = dry_run(
+        env,
+        *("--model-dir", str(model_dir), "--venv", str(venv)),
+        *("--wyoming", "tcp://0.0.0.0:10300", "--zeroconf", "mac-mini-stt"),
+    )
+    assert job["EnvironmentVariables"]["DS_WYOMING_URI"] == "tcp://0.0.0.0:10300"
+    assert job["EnvironmentVariables"]["DS_WYOMING_ZEROCONF"] == "mac-mini-stt"
+    _, _, plain = dry_run(env, "--model-dir", str(model_dir), "--venv", str(venv))
+    assert "DS_WYOMING_URI" not in plain["EnvironmentVariables"]  # off unless asked for
+
+
 def test_model_dir_defaults_to_ds_model_dir_relative_to_where_you_run(
     env: dict[str, str], model_dir: Path, venv: Path
 ) -> None:
@@ -520,6 +532,10 @@ def one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> 
         (["--host", "a b"], ["--host"]),
         (["--user", "nobody"], ["--system"]),
         (["--system", "--user", "no-such-user-here"], ["no user named"]),
+        (["--wyoming", "http://0.0.0.0:10300"], ["--wyoming", "tcp://HOST:PORT"]),
+        (["--wyoming", "tcp://0.0.0.0"], ["--wyoming"]),
+        (["--zeroconf", "stt"], ["--zeroconf needs --wyoming"]),
+        (["--wyoming", "tcp://0.0.0.0:10300", "--zeroconf", "a b"], ["--zeroconf NAME"]),
     ],
 )
 def test_bad_options(

@@ -236,3 +236,55 @@ async def test_sigterm_gives_an_open_session_its_transcript_then_exits_0(phrases
         with pytest.raises(OSError):
             await AsyncTcpClient("127.0.0.1", port).connect()  # new connections are refused
         assert server.process.wait(timeout=30) == 0
+
+
+async def test_zeroconf_advertises_the_listener_until_shutdown(tmp_path: Path) -> None:
+    """Home Assistant's discovery: `_wyoming._tcp` resolved over mDNS on loopback (zeroconf's own client)."""
+    from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
+
+    port = free_port()
+    name = f"stt-test-{port}"
+    env = {
+        "DS_MODEL_DIR": str(ROOT / "models" / "default"),
+        "DS_WYOMING_URI": f"tcp://127.0.0.1:{port}",
+        "DS_WYOMING_ZEROCONF": name,
+    }
+    browser = AsyncZeroconf(interfaces=["127.0.0.1"])
+    try:
+        with running_server(env) as server:
+            info = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+            assert await info.async_request(browser.zeroconf, 5000)
+            assert info.port == port and info.parsed_addresses() == ["127.0.0.1"]
+            log = server.log
+            keep = log.with_suffix(".kept")
+            server.process.terminate()
+            assert server.process.wait(timeout=30) == 0
+            keep.write_text(log.read_text())
+    finally:
+        await browser.async_close()
+    assert "zeroconf advertisement withdrawn" in keep.read_text()
+    fresh = AsyncZeroconf(interfaces=["127.0.0.1"])  # no cache: asks the network
+    try:
+        gone = AsyncServiceInfo("_wyoming._tcp.local.", f"{name}._wyoming._tcp.local.")
+        assert not await gone.async_request(fresh.zeroconf, 1500)
+    finally:
+        await fresh.async_close()
+
+
+async def test_a_unix_socket_and_a_taken_port(tmp_path: Path) -> None:
+    from wyoming.client import AsyncUnixClient
+
+    path = tmp_path / "stt.sock"
+    env = {"DS_MODEL_DIR": str(ROOT / "models" / "default"), "DS_WYOMING_URI": f"unix://{path}"}
+    with running_server(env):
+        async with AsyncUnixClient(str(path)) as client:
+            await client.write_event(Describe().event())
+            event = await asyncio.wait_for(client.read_event(), 10)
+        assert event is not None and Info.is_type(event.type)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env["DS_WYOMING_URI"] = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        with pytest.raises(pytest.fail.Exception, match="cannot listen there"):
+            with running_server(env):
+                pass

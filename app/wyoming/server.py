@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -75,13 +76,15 @@ class WyomingServer:
         self._watch: asyncio.Task[None] | None = None
         self._advertisement: Advertisement | None = None
 
-    async def start(self) -> None:
-        """Listen (raises OSError if the address is taken), advertise if asked, and stop listening on drain."""
+    async def start(self, listener: socket.socket | None = None) -> None:
+        """Serve on `listener` (else bind the address now: OSError if it is taken), advertise if asked, and stop
+        listening on drain."""
         a = self.address
+        listener = listener or a.bind()
         if a.scheme == "tcp":
-            self._server = await asyncio.start_server(self._serve, a.host, a.port, limit=MAX_LINE_BYTES)
+            self._server = await asyncio.start_server(self._serve, sock=listener, limit=MAX_LINE_BYTES)
         else:
-            self._server = await asyncio.start_unix_server(self._serve, a.path, limit=MAX_LINE_BYTES)
+            self._server = await asyncio.start_unix_server(self._serve, sock=listener, limit=MAX_LINE_BYTES)
         log.info(
             "Wyoming speech-to-text on %s (no authentication: bind to loopback unless the LAN is trusted)",
             self.uri,

@@ -58,5 +58,6 @@ class Advertisement:
         return cls(zeroconf, info)
 
     async def close(self) -> None:
-        await self._zeroconf.async_unregister_service(self.info)
+        await self._zeroconf.async_unregister_service(self.info)  # a goodbye: browsers drop it at once
         await self._zeroconf.async_close()
+        log.info("Wyoming: zeroconf advertisement withdrawn")
