@@ -1,6 +1,6 @@
 """The README's examples, run as written against a real `python -m app` serving the shipped default model: the
-espeak-ng + curl lines, the `curl` formats, the openai SDK and the websocket client. Only the address changes
-(a free port instead of 8000), so what a newcomer pastes is what is tested."""
+espeak-ng + curl lines, the `curl` formats, the openai SDK, the websocket client and the Wyoming client. Only the addresses change
+(free ports instead of 8000 and 10300), so what a newcomer pastes is what is tested."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.server import ServerUrl, running_server
+from tests.support.server import ServerUrl, free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -30,9 +30,13 @@ def block(language: str, marker: str) -> str:
     return found[0]
 
 
+WYOMING_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[ServerUrl]:
-    with running_server({"DS_MODEL_DIR": str(ROOT / "models" / "default")}, ready="/ready") as url:
+    env = {"DS_MODEL_DIR": str(ROOT / "models" / "default"), "DS_WYOMING_URI": f"tcp://127.0.0.1:{WYOMING_PORT}"}
+    with running_server(env, ready="/ready") as url:
         yield url
 
 
@@ -46,6 +50,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def on(server: ServerUrl, code: str) -> str:
+    code = code.replace('"127.0.0.1", 10300', f'"127.0.0.1", {WYOMING_PORT}')
     return code.replace("127.0.0.1:8000", server.removeprefix("http://"))
 
 
@@ -93,3 +98,10 @@ def test_websocket_example(server: ServerUrl, workdir: Path) -> None:
     messages = [ast.literal_eval(line) for line in out.splitlines()]  # the example prints Python dicts
     assert messages[-1]["type"] == "final" and messages[-1]["text"] == SENTENCE
     assert any(m["type"] == "partial" for m in messages)
+
+
+def test_wyoming_example(server: ServerUrl, workdir: Path) -> None:
+    out = run_python(on(server, block("python", "AsyncTcpClient")), workdir)
+    kinds = [line.split(" ", 1)[0] for line in out.splitlines()]
+    assert kinds[0] == "transcript-start" and kinds[-2:] == ["transcript", "transcript-stop"]
+    assert f"'text': '{SENTENCE}'" in out.splitlines()[-2]
