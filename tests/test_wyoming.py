@@ -42,6 +42,7 @@ def server(wyoming_port: int) -> Iterator[ServerUrl]:
         "DS_BACKEND": "numpy",
         "DS_WYOMING_URI": f"tcp://127.0.0.1:{wyoming_port}",
         "DS_MAX_STREAMS": "4",
+        "DS_STREAM_IDLE_TIMEOUT": "3",
     }
     with running_server(env) as url:
         yield url
@@ -168,6 +169,25 @@ async def test_a_client_that_vanishes_mid_audio_frees_its_slot(
     assert value(scrape(httpx.get(f"{server}/metrics")), "ds_active_streams", route="wyoming") == 0
     events = await transcribe(wyoming_port, pcm)
     assert events[-2].data["text"] == PHRASES[0]
+
+
+async def test_the_stream_limit_and_the_idle_timeout_apply(server: ServerUrl, wyoming_port: int) -> None:
+    holders = []
+    for _ in range(4):  # DS_MAX_STREAMS: every slot taken
+        client = AsyncTcpClient("127.0.0.1", wyoming_port)
+        await client.connect()
+        await client.write_event(AudioStart(rate=16000, width=2, channels=1).event())
+        assert (await asyncio.wait_for(client.read_event(), 10)).type == "transcript-start"  # type: ignore[union-attr]
+        holders.append(client)
+    async with AsyncTcpClient("127.0.0.1", wyoming_port) as refused:
+        event = await asyncio.wait_for(refused.read_event(), 10)
+        assert event is not None and event.type == "error" and event.data["code"] == "too_many_streams"
+        assert await asyncio.wait_for(refused.read_event(), 10) is None  # then closed
+    for client in holders:  # silent for DS_STREAM_IDLE_TIMEOUT (3 s): told so, then closed
+        event = await asyncio.wait_for(client.read_event(), 10)
+        assert event is not None and event.type == "error" and event.data["code"] == "idle_timeout"
+        assert await asyncio.wait_for(client.read_event(), 10) is None
+        await client.disconnect()
 
 
 async def test_bad_events_get_errors_and_the_conversation_goes_on(
