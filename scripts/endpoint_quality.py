@@ -186,23 +186,7 @@ def with_noise(samples: np.ndarray, dbfs: float, seed: int) -> np.ndarray:
 
 def model_probs(engine: Engine, samples: np.ndarray) -> np.ndarray:
     """The (T, n_classes) probabilities, computed as Engine.transcribe computes them."""
-    from app.speech.features import context_window_blocks, mfcc
-    from app.speech.runtime import LstmState
-
-    model = engine.model
-    state = LstmState.zeros(model.n_cell_dim)
-    parts = [np.zeros((0, model.n_classes), np.float32)]
-    blocks = context_window_blocks(mfcc(samples), model.max_steps)
-    windows = next(blocks, None)
-    while windows is not None:
-        following = next(blocks, None)
-        if following is None:
-            parts.append(model.run_last_window(windows, state))
-        else:
-            probs, state = model.run_window(windows, state)
-            parts.append(probs)
-        windows = following
-    return np.concatenate(parts)
+    return engine.probabilities(samples)
 
 
 def blank_cuts(probs: np.ndarray, config: EndpointConfig, blank: int, space: int) -> list[int]:

@@ -19,8 +19,6 @@ from app.speech.decoding import DecodeOptionError, Grammar, GreedyDecoder, Trans
 from app.speech.decoding.beam import BeamDecoder, BeamOptions
 from app.speech.decoding.grammar import MAX_GRAMMAR_CHARS, MAX_GRAMMAR_PHRASES, UNK_WORD, Bigram, GrammarLM
 from app.speech.engine import Engine
-from app.speech.features import context_window_blocks, mfcc
-from app.speech.runtime import LstmState
 from tests.support.audio import speak
 
 PHRASES = ["turn on the kitchen lights", "turn off the kitchen lights", "what time is it"]
@@ -39,20 +37,7 @@ def engine() -> Engine:
 
 def model_probs(engine: Engine, samples: np.ndarray) -> np.ndarray:
     """The acoustic model's (T, 29) probabilities for a whole file, windowed as Engine.transcribe runs it."""
-    model = engine.model
-    state = LstmState.zeros(model.n_cell_dim)
-    parts = [np.zeros((0, model.n_classes), np.float32)]
-    blocks = context_window_blocks(mfcc(samples), model.max_steps)
-    windows = next(blocks, None)
-    while windows is not None:
-        following = next(blocks, None)
-        if following is None:
-            parts.append(model.run_last_window(windows, state))
-        else:
-            probs, state = model.run_window(windows, state)
-            parts.append(probs)
-        windows = following
-    return np.concatenate(parts)
+    return engine.probabilities(samples)
 
 
 @pytest.fixture(scope="module")

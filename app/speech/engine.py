@@ -97,6 +97,16 @@ class Engine:
         """
         hot = self.decoder.check_options(hot_words=hot_words, alternatives=alternatives)
         started = time.monotonic()
+        probs = self.probabilities(samples)
+        decoder = self.utterance_decoder(hot_words=hot, alternatives=alternatives)
+        decoder.feed(probs)
+        transcript = decoder.finish()
+        elapsed = time.monotonic() - started
+        return Transcription(transcript, len(samples) / 16000.0, elapsed, tuple(decoder.utterances))
+
+    def probabilities(self, samples: np.ndarray) -> np.ndarray:
+        """The acoustic model's (T, n_classes) output for a whole file: the dynamic model in windows of
+        ≤ max_steps with the LSTM state carried, the last window padded as the backend may."""
         state = LstmState.zeros(self.model.n_cell_dim)
         parts = [np.zeros((0, self.model.n_classes), np.float32)]
         blocks = context_window_blocks(mfcc(samples), self.model.max_steps)
@@ -109,11 +119,7 @@ class Engine:
                 probs, state = self.model.run_window(windows, state)
                 parts.append(probs)
             windows = following
-        decoder = self.utterance_decoder(hot_words=hot, alternatives=alternatives)
-        decoder.feed(np.concatenate(parts))
-        transcript = decoder.finish()
-        elapsed = time.monotonic() - started
-        return Transcription(transcript, len(samples) / 16000.0, elapsed, tuple(decoder.utterances))
+        return np.concatenate(parts)
 
     def utterance_decoder(
         self,
