@@ -11,7 +11,7 @@ export DS_MODEL_DIR
 # Debian packages the tests and the tooling use: espeak-ng speaks test audio, sox shapes it, libsndfile1 backs
 # soundfile, g++ builds KenLM's build_binary for scorers, chromium runs the page's browser test, shellcheck
 # checks the launchd scripts.
-SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck
+SYSTEM_PACKAGES := espeak-ng sox libsndfile1 g++ cmake chromium shellcheck redis-server haproxy
 
 .PHONY: help serve test lint system-deps serve-venv venv clean default-model bench model-ds093
 

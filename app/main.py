@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.routes import install_routes
+from app.service.job_runner import JobWorkers
 from app.service.services import Services, warm_up
 from app.settings import Settings
 from app.speech.alphabet import AlphabetError
@@ -63,7 +64,12 @@ def create_app(
             log.info("warm-up inference done in %.2f s; ready", seconds)
             services.mark_ready(seconds)
         wyoming = await start_wyoming(services, wyoming_listener)
+        jobs = JobWorkers(services) if services.job_queue is not None else None
+        if jobs is not None:
+            jobs.start()
         yield
+        if jobs is not None:
+            await jobs.stop()
         if wyoming is not None:
             await wyoming.close()
         services.resumable.close_all()

@@ -117,6 +117,23 @@ class Settings(BaseSettings):
         4 * 3600.0, gt=0, description="decoded duration cap (413 above it), checked while decoding"
     )
     verify_model_hashes: bool = True
+    redis_url: str | None = Field(
+        None, description="Redis for batch jobs (/jobs), e.g. redis://127.0.0.1:6379/0; unset: /jobs answers 503"
+    )
+    job_workers: int = Field(
+        1, ge=0, le=64, description="jobs run at once inside this process (0: only `python -m app.worker` runs them)"
+    )
+    job_max_queued: int = Field(1000, ge=1, description="jobs waiting at once; beyond it POST /jobs answers 503")
+    job_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="how long a job's record and result are kept after it ends"
+    )
+    job_heartbeat_seconds: int = Field(
+        20, ge=2, le=600, description="a running job whose worker is silent this long is re-queued (a lost worker)"
+    )
+    job_callback_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="hosts a job's callback_url may name, comma-separated (none: callbacks are refused)",
+    )
     wyoming_uri: str | None = Field(
         None,
         description="also serve Home Assistant's Wyoming protocol here, e.g. tcp://127.0.0.1:10300 (unset: off); "
@@ -176,6 +193,13 @@ class Settings(BaseSettings):
         description="upload bytes held in memory at once, over all requests (503 + Retry-After beyond it, before "
         "a body is read); an upload alone is always taken",
     )
+
+    @field_validator("job_callback_hosts", mode="before")
+    @classmethod
+    def _split_hosts(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [host.strip().lower() for host in value.split(",") if host.strip()]
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.routes import asyncapi, health, info, openai, page, stream, transcribe, vosk
+from app.routes import asyncapi, health, info, jobs, openai, page, stream, transcribe, vosk
 
 ROUTERS = (
     transcribe.router,
     openai.router,
+    jobs.router,
     stream.router,
     vosk.router,
     asyncapi.router,

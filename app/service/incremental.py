@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 from anyio.to_thread import run_sync
 
 from app.speech.decoding import HotWords, Transcript
-from app.speech.engine import Engine
+from app.speech.engine import Engine, Transcription
 from app.speech.features import context_window_blocks, mfcc
 from app.speech.runtime import LstmState
+from app.speech.utterances import Utterance
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,16 @@ class IncrementalTranscription:
         engine: Engine,
         samples: np.ndarray,
         piece_steps: int = PIECE_STEPS,
-        hot_words: HotWords | None = None,
+        hot_words: Mapping[str, float] | HotWords | None = None,
+        alternatives: int = 1,
     ) -> None:
         self._model = engine.model
         self._samples: np.ndarray | None = samples
         self._blocks: Iterator[np.ndarray] = iter(())
         self._total = 0
         self._state = LstmState.zeros(engine.model.n_cell_dim)
-        self._decoder = engine.utterance_decoder(hot_words=hot_words)  # cut where Engine.transcribe cuts
+        # Cut where Engine.transcribe cuts, decoded as it decodes.
+        self._decoder = engine.utterance_decoder(hot_words=hot_words, alternatives=alternatives)
         self._piece = piece_steps
         self._steps = 0
         self._checked_at = 0
@@ -53,6 +56,18 @@ class IncrementalTranscription:
     @property
     def finished(self) -> bool:
         return self.transcript is not None
+
+    @property
+    def progress(self) -> float:
+        """The share of the audio's model steps done (0 before the first piece, 1 once finished)."""
+        if self.transcript is not None:
+            return 1.0
+        return self._steps / self._total if self._total else 0.0
+
+    @property
+    def utterances(self) -> list[Utterance]:
+        """Where the audio was cut so far (all of it once finished), as Engine.transcribe cuts it."""
+        return self._decoder.utterances
 
     def step(self) -> list[str]:
         """Run the next piece (the first call also computes the features); return the newly certain words."""
@@ -115,3 +130,22 @@ async def transcript_events(
             sent = True
     assert job.transcript is not None
     yield {"type": "transcript.text.done", "text": job.transcript.text}
+
+
+async def transcribe_in_pieces(
+    engine: Engine,
+    samples: np.ndarray,
+    progress: Callable[[float], None],
+    hot_words: Mapping[str, float] | HotWords | None = None,
+    alternatives: int = 1,
+) -> Transcription:
+    """`Engine.transcribe`'s result, computed a piece at a time off the event loop, telling `progress` the share
+    done after each piece (a batch job's progress and heartbeat)."""
+    job = IncrementalTranscription(engine, samples, hot_words=hot_words, alternatives=alternatives)
+    started = time.monotonic()
+    while not job.finished:
+        await run_sync(job.step)
+        progress(job.progress)
+    assert job.transcript is not None
+    elapsed = time.monotonic() - started
+    return Transcription(job.transcript, len(samples) / 16000.0, elapsed, tuple(job.utterances))

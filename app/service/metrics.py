@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 # model's cost per second of audio; whole files on Core ML go well below 0.05.
 RTF_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0, 10.0)
 UTTERANCE_BUCKETS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0)
+JOB_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0)
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 # Per request: the audio seconds observed while handling it, for the access-log line (set by the web layer's
@@ -79,6 +80,27 @@ class Metrics:
             ["route"],
             buckets=UTTERANCE_BUCKETS,
             registry=r,
+        )
+        self.jobs = Gauge(
+            "ds_jobs",
+            "Batch jobs in the queue now, by state (queued, running), read from Redis",
+            ["state"],
+            registry=r,
+        )
+        self.jobs_finished = Counter(
+            "ds_jobs_finished",
+            "Batch jobs this process's workers ended, by status (done, failed)",
+            ["status"],
+            registry=r,
+        )
+        self.job_wait_seconds = Histogram(
+            "ds_job_queue_wait_seconds",
+            "Time from a job's submission to a worker starting it",
+            buckets=JOB_BUCKETS,
+            registry=r,
+        )
+        self.job_run_seconds = Histogram(
+            "ds_job_run_seconds", "Time a worker spent on a job", buckets=JOB_BUCKETS, registry=r
         )
         self.active_streams = Gauge(
             "ds_active_streams", "Open websocket streams, by route", ["route"], registry=r
@@ -149,6 +171,14 @@ class Metrics:
         histogram = self.utterance_seconds.labels(route)
         for utterance in utterances:
             histogram.observe(utterance.end - utterance.start)
+
+    def job_started(self, waited_seconds: float) -> None:
+        self.job_wait_seconds.observe(max(0.0, waited_seconds))
+
+    def job_finished(self, status: str, run_seconds: float | None) -> None:
+        self.jobs_finished.labels(status).inc()
+        if run_seconds is not None:
+            self.job_run_seconds.observe(run_seconds)
 
     def stream_opened(self, route: str) -> None:
         self.active_streams.labels(route).inc()

@@ -10,6 +10,7 @@ from anyio.to_thread import run_sync
 
 from app.service.admission import Admission
 from app.service.drain import Drain
+from app.service.jobs import JobQueue, JobsUnavailable
 from app.service.memory import MemoryReturn
 from app.service.metrics import Metrics
 from app.service.resume import ResumableStreams
@@ -34,6 +35,17 @@ class Services:
     ready: bool = False  # /ready: false until the lifespan's warm-up inference ran
     warm_up_seconds: float | None = field(default=None)
     memory: MemoryReturn = field(default_factory=MemoryReturn)
+    job_queue: JobQueue | None = None  # with DS_REDIS_URL
+
+    @property
+    def jobs(self) -> JobQueue:
+        """The batch job queue; JobsUnavailable (503) naming the setting when there is none."""
+        if self.job_queue is None:
+            raise JobsUnavailable(
+                "batch jobs are off: set DS_REDIS_URL (e.g. redis://127.0.0.1:6379/0) to turn them on",
+                retry_after=None,
+            )
+        return self.job_queue
 
     @classmethod
     def create(cls, settings: Settings, engine: Engine | None = None) -> Services:
@@ -51,6 +63,7 @@ class Services:
             resumable=ResumableStreams(
                 settings.stream_resume_seconds, settings.max_streams, expire_parked(metrics)
             ),
+            job_queue=JobQueue(settings) if settings.redis_url else None,
         )
         if engine is not None:
             services.use_engine(engine)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +10,7 @@ import numpy as np
 from anyio.to_thread import run_sync
 
 from app.service.admission import Ticket
-from app.service.incremental import transcript_events
+from app.service.incremental import transcribe_in_pieces, transcript_events
 from app.service.services import Services
 from app.speech.audio import SAMPLE_RATE, decode_audio
 from app.speech.decoding import HotWords
@@ -28,17 +28,21 @@ async def transcribe_upload(
     route: str,
     data: bytes,
     *,
-    hot_words: HotWords | None = None,
+    hot_words: Mapping[str, float] | HotWords | None = None,
     alternatives: int = 1,
     ticket: Ticket | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> UploadTranscription:
     """A whole file: decoding counts against the workers too (a compressed upload can take long to decode).
-    `ticket`: the queue place taken before the upload was read (else one is taken now)."""
+    `ticket`: the queue place taken before the upload was read (else one is taken now). With `progress`, the
+    same transcription a piece at a time, telling it the share done (a batch job)."""
     async with ticket if ticket is not None else services.admission.reserve():
         samples, duration = await run_sync(decode_audio, data, services.settings.max_audio_seconds)
-        result = await run_sync(
-            lambda: services.engine.transcribe(samples, hot_words=hot_words, alternatives=alternatives)
-        )
+        engine = services.engine
+        if progress is not None:
+            result = await transcribe_in_pieces(engine, samples, progress, hot_words, alternatives)
+        else:
+            result = await run_sync(lambda: engine.transcribe(samples, hot_words=hot_words, alternatives=alternatives))
     services.metrics.observe(route, result.duration, result.processing_seconds)
     services.metrics.observe_utterances(route, result.utterances)
     await services.return_memory(result.duration)

@@ -123,6 +123,32 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
     return np.concatenate(chunks), total / rate
 
 
+def probe_duration(data: bytes, max_seconds: float | None = None) -> float | None:
+    """The duration a file's header declares (None when it does not say), without decoding it: a batch job's
+    check at submission. Raises EmptyAudio, UnsupportedAudio, or AudioTooLong when the header says so."""
+    if not data:
+        raise EmptyAudio("the uploaded file is empty")
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except OPEN_ERRORS as exc:
+        raise UnsupportedAudio(
+            f"cannot decode the audio ({_reason(exc)}); send WAV, FLAC, MP3, M4A, OGG or WebM"
+        ) from exc
+    with container:
+        if not container.streams.audio:
+            raise UnsupportedAudio("the file holds no audio stream")
+        stream = container.streams.audio[0]
+        if stream.duration is not None and stream.time_base is not None:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            seconds = container.duration / av.time_base
+        else:
+            return None
+    if max_seconds is not None and seconds > max_seconds:
+        raise AudioTooLong(f"the audio is longer than {max_seconds:g} s; raise DS_MAX_AUDIO_SECONDS or send less")
+    return round(seconds, 3)
+
+
 def frame_samples(frame: av.AudioFrame, resample: Resampler | None) -> tuple[np.ndarray, Resampler]:
     """A decoded frame's mono float32 samples and the resampler for its rate (made at the first frame); a rate
     that changes mid-stream is refused (UnsupportedAudio)."""

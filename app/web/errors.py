@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Send
 
 from app.service.admission import ServiceBusy
+from app.service.jobs import CallbackRefused, JobNotDone, JobNotFound, JobQueueFull, JobsUnavailable
 from app.speech.audio import AudioError, AudioTooLong, EmptyAudio, UnsupportedAudio
 from app.speech.decoding import DecodeOptionError
 from app.speech.runtime import InferenceError
@@ -73,6 +74,11 @@ ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (AudioError, ErrorKind(400, "invalid_audio", param="file")),
     (DecodeOptionError, ErrorKind(422, "invalid_option")),
     (ServiceBusy, ErrorKind(503, "server_busy", type="server_error", retry_after=ServiceBusy.retry_after)),
+    (JobsUnavailable, ErrorKind(503, "jobs_unavailable", type="server_error")),  # Retry-After: the error's
+    (JobQueueFull, ErrorKind(503, "job_queue_full", type="server_error", retry_after=JobQueueFull.retry_after)),
+    (JobNotFound, ErrorKind(404, "job_not_found")),
+    (JobNotDone, ErrorKind(409, "job_not_done")),
+    (CallbackRefused, ErrorKind(422, "callback_not_allowed", param="callback_url")),
     (
         InferenceError,
         ErrorKind(500, None, type="server_error", message="the model failed on this audio; see the server log"),
@@ -170,7 +176,8 @@ def api_error(exc: Exception, path: str) -> ApiError:
         if isinstance(exc, error_type):
             if kind.message is not None:
                 log.error("%s on %s: %s", type(exc).__name__, path, exc)
-            headers = (("retry-after", str(kind.retry_after)),) if kind.retry_after is not None else ()
+            retry_after = getattr(exc, "retry_after", kind.retry_after)  # the error's own, when it knows better
+            headers = (("retry-after", str(retry_after)),) if retry_after is not None else ()
             return ApiError(
                 kind.status,
                 kind.message or str(exc),

@@ -25,7 +25,8 @@ from app.web.errors import (
     upload_too_large,
 )
 
-UPLOAD_PATHS = frozenset({"/transcribe", "/v1/audio/transcriptions"})
+UPLOAD_PATHS = frozenset({"/transcribe", "/v1/audio/transcriptions"})  # transcribed now: a worker's place first
+JOB_PATHS = frozenset({"/jobs"})  # held in memory too (until stored in the job queue), then queued: no worker
 # Scope key of the queue place UploadAdmission took for the route (app/web/deps.py hands it to the route).
 UPLOAD_TICKET = "deepspeech.upload_ticket"
 
@@ -202,12 +203,12 @@ class UploadAdmission:
         self.budget = UploadBudget(budget_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in UPLOAD_PATHS:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or scope["method"] != "POST" or path not in UPLOAD_PATHS | JOB_PATHS:
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
         try:
-            ticket = self.admission.reserve()
+            ticket = self.admission.reserve() if path in UPLOAD_PATHS else None
         except ServiceBusy as exc:
             await send_error(send, path, api_error(exc, path))
             return
@@ -235,5 +236,6 @@ class UploadAdmission:
             scope[UPLOAD_TICKET] = ticket
             await guard.run(self.app, scope, receive if declared is not None else counting_receive)
         finally:
-            ticket.release()
+            if ticket is not None:
+                ticket.release()
             self.budget.give(held)
