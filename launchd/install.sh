@@ -28,6 +28,9 @@ on an external volume (/Volumes): macOS privacy protection keeps launchd jobs ou
                       authentication, so only on a network you trust)
   --zeroconf NAME     with --wyoming tcp://...: advertise it over mDNS as NAME so Home Assistant finds it
                       (needs the zeroconf extra: VENV/bin/pip install '.[zeroconf]')
+  --redis URL         Redis for batch jobs (/jobs), e.g. redis://mac-mini.local:6379/0 (DS_REDIS_URL)
+  --worker            install a batch-job worker (python -m app.worker: no HTTP, takes jobs from --redis)
+                      instead of the service; its default label is local.deepspeech.stt-worker
   --env KEY=VALUE     an environment variable for the service, e.g. --env DS_BEAM_WIDTH=100 (repeatable);
                       DS_* variables set in this shell are passed through too
   --label LABEL       launchd label (default local.deepspeech.stt)
@@ -81,6 +84,8 @@ host=${DS_HOST:-127.0.0.1}
 port=${DS_PORT:-8000}
 model_dir=
 wyoming=${DS_WYOMING_URI:-}
+redis=${DS_REDIS_URL:-}
+worker=0
 zeroconf=${DS_WYOMING_ZEROCONF:-}
 label=local.deepspeech.stt
 system=0
@@ -124,6 +129,8 @@ while [[ $# -gt 0 ]]; do
 	--port) need_value "$@"; port=$2; shift 2 ;;
 	--model-dir) need_value "$@"; model_dir=$2; shift 2 ;;
 	--wyoming) need_value "$@"; wyoming=$2; shift 2 ;;
+	--redis) need_value "$@"; redis=$2; shift 2 ;;
+	--worker) worker=1; shift ;;
 	--zeroconf) need_value "$@"; zeroconf=$2; shift 2 ;;
 	--label) need_value "$@"; label=$2; shift 2 ;;
 	--user) need_value "$@"; user=$2; shift 2 ;;
@@ -157,7 +164,13 @@ port=$((10#$port))
 [[ $wait_s =~ ^[0-9]{1,4}$ ]] || usage_error "--wait must be a number of seconds, got '$wait_s'"
 wait_s=$((10#$wait_s))
 [[ $host =~ ^[A-Za-z0-9.:_-]+$ ]] || usage_error "--host must be an address or host name, got '$host'"
+if [[ $worker == 1 && $label == local.deepspeech.stt ]]; then label=local.deepspeech.stt-worker; fi
 check_label
+if [[ -n $redis ]] && ! [[ $redis =~ ^rediss?://[^[:space:]]+$ ]]; then
+	usage_error "--redis must be redis://HOST:PORT/DB (or rediss:// for TLS), got '$redis'"
+fi
+[[ $worker == 0 || -n $redis ]] || usage_error "--worker needs --redis URL: workers take their jobs from it"
+[[ $worker == 0 || -z $wyoming ]] || usage_error "--wyoming is the service's, not a worker's"
 if [[ -n $wyoming ]] && ! [[ $wyoming =~ ^tcp://[A-Za-z0-9.:_-]+:[0-9]{1,5}$ || $wyoming =~ ^unix:///[^[:space:]]+$ ]]; then
 	usage_error "--wyoming must be tcp://HOST:PORT or unix:///PATH, got '$wyoming'"
 fi
@@ -208,6 +221,9 @@ fi
 set_env DS_HOST "$host"
 set_env DS_PORT "$port"
 [[ -z $wyoming ]] || set_env DS_WYOMING_URI "$wyoming"
+[[ -z $redis ]] || set_env DS_REDIS_URL "$redis"
+module=app
+[[ $worker == 0 ]] || module=app.worker
 [[ -z $zeroconf ]] || set_env DS_WYOMING_ZEROCONF "$zeroconf"
 # launchd starts jobs with PATH=/usr/bin:/bin:/usr/sbin:/sbin; add the venv and Homebrew.
 has_path=0
@@ -238,6 +254,7 @@ render() {
 		*)
 			line=${line//@LABEL@/$(xml_escape "$label")}
 			line=${line//@PYTHON@/$(xml_escape "$python")}
+			line=${line//@MODULE@/$module}
 			line=${line//@REPO@/$(xml_escape "$repo")}
 			line=${line//@STDOUT@/$(xml_escape "$stdout_log")}
 			line=${line//@STDERR@/$(xml_escape "$stderr_log")}
@@ -353,7 +370,7 @@ fi
 # --- report -----------------------------------------------------------------------------------------------------
 case $host in 0.0.0.0 | :: | "[::]") local_host=127.0.0.1 ;; *) local_host=$host ;; esac
 url="http://$local_host:$port"
-if [[ $dry_run == 0 && $wait_s -gt 0 ]] && command -v curl >/dev/null; then
+if [[ $dry_run == 0 && $wait_s -gt 0 && $worker == 0 ]] && command -v curl >/dev/null; then
 	echo "waiting up to ${wait_s}s for $url/health ..."
 	ok=0
 	for _ in $(seq 1 "$wait_s"); do
@@ -373,11 +390,13 @@ sudo_prefix=
 [[ $system == 0 ]] || sudo_prefix="sudo "
 done_word=installed
 [[ $dry_run == 0 ]] || done_word="would install"
+serving="serving: $url"
+[[ $worker == 0 ]] || serving="jobs:    from $redis"
 cat <<EOF
 $done_word $service
   plist:   $plist
   model:   $model_abs
-  serving: $url
+  $serving
   logs:    $stdout_log
            $stderr_log
   status:  ${sudo_prefix}launchctl print $service

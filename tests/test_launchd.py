@@ -243,6 +243,18 @@ def test_wyoming_for_home_assistant(env: dict[str, str], model_dir: Path, venv: 
     assert "DS_WYOMING_URI" not in plain["EnvironmentVariables"]  # off unless asked for
 
 
+def test_a_batch_job_worker(env: dict[str, str], model_dir: Path, venv: Path) -> None:
+    out, path, job = dry_run(
+        env, "--model-dir", str(model_dir), "--venv", str(venv), "--worker", "--redis", "redis://mini.local:6379/0"
+    )
+    assert job["ProgramArguments"][1:] == ["-m", "app.worker"]
+    assert job["Label"] == "local.deepspeech.stt-worker" and path.name == "local.deepspeech.stt-worker.plist"
+    assert job["EnvironmentVariables"]["DS_REDIS_URL"] == "redis://mini.local:6379/0"
+    assert "jobs:    from redis://mini.local:6379/0" in out
+    _, _, service = dry_run(env, "--model-dir", str(model_dir), "--venv", str(venv))
+    assert service["ProgramArguments"][1:] == ["-m", "app"]
+
+
 def test_model_dir_defaults_to_ds_model_dir_relative_to_where_you_run(
     env: dict[str, str], model_dir: Path, venv: Path
 ) -> None:
@@ -533,6 +545,8 @@ def one_line_error(result: subprocess.CompletedProcess[str], *expected: str) -> 
         (["--user", "nobody"], ["--system"]),
         (["--system", "--user", "no-such-user-here"], ["no user named"]),
         (["--wyoming", "http://0.0.0.0:10300"], ["--wyoming", "tcp://HOST:PORT"]),
+        (["--worker"], ["--worker needs --redis"]),
+        (["--redis", "mini:6379"], ["--redis must be redis://"]),
         (["--wyoming", "tcp://0.0.0.0"], ["--wyoming"]),
         (["--zeroconf", "stt"], ["--zeroconf needs --wyoming"]),
         (["--wyoming", "tcp://0.0.0.0:10300", "--zeroconf", "a b"], ["--zeroconf NAME"]),
