@@ -18,6 +18,7 @@ from saq import Worker
 from saq.job import Job
 from saq.types import PartialTimersDict
 
+from app.service.admission import ServiceBusy
 from app.service.jobs import AUDIO_KEY, FUNCTION, INDEX_KEY, RESULT_KEY, JobQueue
 from app.service.rendering import render_text, transcription_response
 from app.service.services import Services
@@ -29,7 +30,11 @@ log = logging.getLogger(__name__)
 
 ROUTE = "/jobs"
 CALLBACK_ATTEMPTS = 5  # at 0, 1, 2, 4 and 8 s: a receiver that restarts within ~15 s still hears of the job
-SWEEP_SECONDS = 10  # how often each worker looks for jobs whose worker went silent
+SWEEP_SECONDS = 10
+BUSY_RETRY_SECONDS = 1.0
+# A worker's wait for the next job, per round: SAQ's default (0) blocks in Redis until a job comes, so a stopping
+# worker would hang there until its grace ran out.
+DEQUEUE_SECONDS = 1.0  # how often each worker looks for jobs whose worker went silent
 
 
 def rendered(upload: UploadTranscription, services: Services) -> dict[str, Any]:
@@ -82,14 +87,13 @@ class JobRunner:
         done = [0.0]
         beat = asyncio.ensure_future(self._heartbeat(job, done))
         try:
-            return await transcribe_upload(
-                self.services,
-                ROUTE,
-                audio,
-                hot_words=hot_words,
-                alternatives=alternatives,
-                progress=done.append,
-            )
+            while True:
+                try:
+                    return await transcribe_upload(
+                        self.services, ROUTE, audio, hot_words=hot_words, alternatives=alternatives, progress=done.append
+                    )
+                except ServiceBusy:  # every worker slot taken and their queue full (uploads): a job waits its turn
+                    await asyncio.sleep(BUSY_RETRY_SECONDS)
         finally:
             beat.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -124,16 +128,28 @@ class JobRunner:
         ) -> Any:
             return await self.run(ctx["job"], job_id, hot_words, alternatives)
 
-        return (InProcessWorker if in_process else Worker)(
+        return (InProcessWorker if in_process else JobWorker)(
             self.jobs.queue,
             functions=[(FUNCTION, transcribe_job)],
             concurrency=concurrency,
             timers=PartialTimersDict(sweep=SWEEP_SECONDS),  # type: ignore[typeddict-item]  # the rest default
+            dequeue_timeout=DEQUEUE_SECONDS,
             shutdown_grace_period_s=int(self.services.settings.shutdown_grace_seconds),
         )
 
 
-class InProcessWorker(Worker):
+class JobWorker(Worker):
+    """SAQ's Worker, stopping promptly: its upkeep loops (sweep, abort, worker info) sleep up to SWEEP_SECONDS
+    between rounds and SAQ's stop would wait them out; they are cancelled first, while jobs get the grace."""
+
+    async def stop(self) -> None:
+        for task in list(self.tasks):
+            if task.get_name() != "process":
+                task.cancel()
+        await super().stop()
+
+
+class InProcessWorker(JobWorker):
     """A worker inside the service: SAQ's Worker takes SIGINT/SIGTERM for itself, which would replace the
     service's drain (app/__main__.py); here the lifespan stops it instead."""
 
