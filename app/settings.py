@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.speech.runtime.coreml_backend import WINDOW_STEPS
-from app.speech.runtime.cores import default_threads
+from app.speech.runtime.cores import default_decoder_processes, default_threads
 
 
 class Settings(BaseSettings):
@@ -34,6 +34,13 @@ class Settings(BaseSettings):
         ge=1,
         description="whole-file window of one Core ML prediction, in 20 ms steps (200: 4 s of audio); a "
         "prediction holds the GIL, so every stream waits for it: keep it well under the stream latency you need",
+    )
+    decoder_processes: int = Field(
+        default_factory=default_decoder_processes,
+        ge=0,
+        le=64,
+        description="beam-search decoder processes (spawned; each loads the scorer): every core decodes "
+        "(default: the cores less one, at least 1; 0: decode in the service process)",
     )
     numpy_threads: int = Field(
         default_factory=default_threads,
@@ -157,6 +164,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="browser origins allowed to call the API, comma-separated (`*` for any); unset: CORS off",
     )
+    replica_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,32}$",
+        description="this process's name among replicas behind a load balancer (e.g. r1, the name of its `server` "
+        "line in deploy/haproxy/haproxy.cfg): resumable stream ids start with it, their `resume_url` names it, and "
+        "every HTTP response carries `X-Replica`; unset: one process, nothing added",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = Field(
         "text", description="log lines as text or one JSON object each"
@@ -225,6 +239,11 @@ class Settings(BaseSettings):
 
             parse_hot_words([value])
         return value or None
+
+    @field_validator("replica_id", mode="before")
+    @classmethod
+    def _no_empty_replica(cls, value: object) -> object:
+        return value or None  # DS_REPLICA_ID= (empty) is unset
 
     @field_validator("log_level", mode="before")
     @classmethod

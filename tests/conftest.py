@@ -12,6 +12,11 @@ os.environ.setdefault(
     "OPENBLAS_NUM_THREADS", "1"
 )  # as the service runs (app/__init__.py), before NumPy loads
 
+# Beam search in the test process unless a test asks for decoder processes: the suite loads dozens of engines,
+# and spawning processes for each would cost seconds apiece (tests/test_decoder_processes.py covers them, and
+# servers the tests start inherit this).
+os.environ.setdefault("DS_DECODER_PROCESSES", "0")
+
 pytest.register_assert_rewrite("tests.support")  # the shared helpers' asserts explain themselves as tests' do
 from tests.support.audio import pcm16, speak  # noqa: E402
 from tests.support.models import SMALL_WIDTH  # noqa: E402

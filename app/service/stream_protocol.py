@@ -30,6 +30,8 @@ FAILURE_TEXT = {
     "inference_failed": "the model failed on this stream's audio; the stream is closed (other streams are "
     "unaffected); open a new one",
     "internal_error": "an internal error ended this stream (the server logged it); open a new stream",
+    "decoder_failed": "the decoder process holding this stream's state died; the stream is closed (other streams "
+    "are unaffected); open a new one",
 }
 
 

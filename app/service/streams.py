@@ -38,7 +38,7 @@ from app.service.stream_protocol import (
     parse_control,
 )
 from app.speech.audio import SAMPLE_RATE, UnsupportedAudio
-from app.speech.decoding import Grammar, Transcript
+from app.speech.decoding import DecoderProcessFailed, Grammar, Transcript
 from app.speech.runtime import InferenceError
 from app.speech.session import StreamSession
 from app.speech.stream_audio import PcmInput, StreamAudio
@@ -77,6 +77,15 @@ def expire_parked(metrics: Metrics) -> Callable[[StreamState], None]:
         metrics.observe_stream(state.route, state.session)
 
     return expire
+
+
+def failure_code(exc: Exception) -> str:
+    """The error code of a failure that ends a stream (FAILURE_TEXT says each one's message)."""
+    if isinstance(exc, InferenceError):
+        return "inference_failed"
+    if isinstance(exc, DecoderProcessFailed):
+        return "decoder_failed"
+    return "internal_error"
 
 
 class StreamController:
@@ -206,11 +215,11 @@ class StreamController:
             log.warning("%s: %s", self.route, exc)
             self.services.metrics.stream_failed(self.route, "client_too_slow")
             return
-        code = "inference_failed" if isinstance(exc, InferenceError) else "internal_error"
+        code = failure_code(exc)
         if code == "internal_error":
             log.exception("%s: the stream failed; it was closed with 1011 (other streams go on)", self.route)
         else:
-            log.error("%s: the model failed on a stream: %s; it was closed with 1011", self.route, exc)
+            log.error("%s: %s; the stream was closed with 1011", self.route, exc)
         self.services.metrics.stream_failed(self.route, code)
         await self._end(self.dialect.error(code, FAILURE_TEXT[code]), StreamClose.INTERNAL_ERROR)
 
@@ -409,6 +418,9 @@ class StreamController:
         resumable, parked, new_token = self.services.resumable.claim(
             str(stream_id), str(token), self.channel.presented_key()
         )
+        if not parked.session.healthy:  # its decoder process died while it was parked: it cannot go on right
+            expire_parked(self.services.metrics)(parked)
+            raise ResumeRefused("the stream's decoder process died while it was away; start a new stream")
         self.state.session.close()
         self.state.close()
         self.resumable, self.state = resumable, parked

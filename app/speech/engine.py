@@ -156,9 +156,13 @@ class Engine:
         return StreamSession(self.stream_model, decoder, on_utterances)
 
     def close(self) -> None:
-        """Stop the stream batcher's thread, if there is one (the app's shutdown calls this; idempotent)."""
+        """Stop the stream batcher's thread and the decoder processes, if there are (the app's shutdown calls
+        this; idempotent)."""
         if isinstance(self.stream_model, BatchingModel):
             self.stream_model.close()
+        close_decoder = getattr(self.decoder, "close", None)
+        if close_decoder is not None:
+            close_decoder()
 
     def info(self) -> dict[str, object]:
         manifest = self.model_dir.manifest

@@ -70,6 +70,11 @@ class StreamSession:
         return self._decoder.stable_words()
 
     @property
+    def healthy(self) -> bool:
+        """False once the stream cannot go on: its decoder process died (resuming it is refused)."""
+        return self._decoder.healthy
+
+    @property
     def has_utterances(self) -> bool:
         """Utterances are finished and not yet taken."""
         return bool(self._ready)

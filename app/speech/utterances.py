@@ -112,6 +112,7 @@ class UtteranceDecoder:
         self._done: list[Utterance] = []  # every finished utterance with words (for the final transcript)
         self._new: list[Utterance] = []  # finished since the last take_utterances()
         self._final: Transcript | None = None
+        self._partial: Transcript | None = None  # until the next feed: a partial costs a search (or a round trip)
 
     @property
     def utterances(self) -> list[Utterance]:
@@ -124,6 +125,9 @@ class UtteranceDecoder:
         return new
 
     def feed(self, probs: np.ndarray) -> None:
+        if not len(probs):
+            return
+        self._partial = None
         cuts = self._endpointer.push(probs) if self._endpointer is not None else []
         taken = 0
         for cut in cuts:
@@ -150,11 +154,18 @@ class UtteranceDecoder:
             self._new.append(utterance)
         self._first = self._frames
 
+    @property
+    def healthy(self) -> bool:
+        """False once the decoder stream cannot go on (its decoder process died)."""
+        return bool(getattr(self._stream, "healthy", True))
+
     def partial(self) -> Transcript:
         """The utterance in progress, as far as it goes (times from the stream's start)."""
         if self._final is not None:
             return EMPTY
-        return shift_transcript(self._stream.partial(), self._first)
+        if self._partial is None:
+            self._partial = shift_transcript(self._stream.partial(), self._first)
+        return self._partial
 
     def stable_words(self) -> list[str]:
         """Every finished utterance's words, then those of the current one no later frame can change."""

@@ -22,7 +22,7 @@ from starlette.types import Send
 from app.service.admission import ServiceBusy
 from app.service.jobs import CallbackRefused, JobNotDone, JobNotFound, JobQueueFull, JobsUnavailable
 from app.speech.audio import AudioError, AudioTooLong, EmptyAudio, UnsupportedAudio
-from app.speech.decoding import DecodeOptionError
+from app.speech.decoding import DecodeOptionError, DecoderProcessFailed
 from app.speech.runtime import InferenceError
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,10 @@ ERRORS: tuple[tuple[type[Exception], ErrorKind], ...] = (
     (JobNotFound, ErrorKind(404, "job_not_found")),
     (JobNotDone, ErrorKind(409, "job_not_done")),
     (CallbackRefused, ErrorKind(422, "callback_not_allowed", param="callback_url")),
+    (
+        DecoderProcessFailed,
+        ErrorKind(500, "decoder_failed", type="server_error", message="a decoder process died on this audio; retry"),
+    ),
     (
         InferenceError,
         ErrorKind(500, None, type="server_error", message="the model failed on this audio; see the server log"),

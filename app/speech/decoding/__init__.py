@@ -33,6 +33,7 @@ from app.speech.decoding.hotwords import (
     validate_hot_words,
 )
 from app.speech.decoding.lm import Scorer
+from app.speech.decoding.processes import DecoderPool, DecoderProcessFailed, DecoderSpec, RemoteDecoder
 from app.speech.decoding.scorer_file import ScorerError
 from app.speech.decoding.timings import Alternative, Transcript, Word
 
@@ -48,6 +49,7 @@ __all__ = [
     "Alternative",
     "DecodeOptionError",
     "Decoder",
+    "DecoderProcessFailed",
     "DecoderStream",
     "Grammar",
     "GrammarError",
@@ -220,11 +222,19 @@ class BeamSearchDecoder:
 
 
 def build_decoder(model: ModelDirectory, settings: Settings) -> Decoder:
-    """The decoder the settings ask for; the scorer is DS_SCORER, else the model directory's kenlm.scorer."""
+    """The decoder the settings ask for; the scorer is DS_SCORER, else the model directory's kenlm.scorer.
+    Beam search runs in DS_DECODER_PROCESSES spawned processes (processes.py), or here with 0."""
     if settings.decoder == "greedy":
         return GreedyDecoder(model.alphabet)
     scorer_path: Path | None = settings.scorer or model.scorer_path
-    scorer = None
-    if settings.use_scorer and scorer_path is not None:
-        scorer = Scorer(scorer_path, model.alphabet, alpha=settings.lm_alpha, beta=settings.lm_beta)
-    return BeamSearchDecoder(model.alphabet, scorer, settings.beam_width)
+    spec = DecoderSpec(
+        model.alphabet,
+        scorer_path if settings.use_scorer else None,
+        settings.lm_alpha,
+        settings.lm_beta,
+        settings.beam_width,
+    )
+    if settings.decoder_processes:
+        return RemoteDecoder(DecoderPool(spec, settings.decoder_processes))
+    built: Decoder = spec.build()
+    return built

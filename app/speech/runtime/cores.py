@@ -25,14 +25,24 @@ from contextlib import contextmanager
 Task = Callable[[], None]
 
 
+def available_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS has no sched_getaffinity
+        return os.cpu_count() or 1
+
+
 def default_threads() -> int:
     """Cores one pass may use by default: the cores this process may run on, at most 4 (beyond that a
     pass's share per step gets too small to pay for the hand-over)."""
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS has no sched_getaffinity
-        available = os.cpu_count() or 1
-    return max(1, min(available, 4))
+    return max(1, min(available_cores(), 4))
+
+
+def default_decoder_processes() -> int:
+    """Decoder processes by default: a core each, but one left for the service's own process (the model, the
+    event loop), and at least one."""
+    return max(1, available_cores() - 1)
 
 
 class _Helper:
