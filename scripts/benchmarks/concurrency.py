@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from app.speech.runtime.cores import default_decoder_processes
 from tests.support.server import ServerUrl
 
 from .common import (
@@ -21,6 +22,7 @@ from .common import (
     SAMPLE_RATE,
     SYNC_MESSAGE,
     TARGET_BATCHED_RATIO,
+    TARGET_PROCESSES_RATIO,
     BenchError,
     RssSampler,
     completing_pieces,
@@ -142,7 +144,10 @@ def section_concurrency(bench: Bench, model: LoadedModel) -> None:
         "audio_per_stream_s": len(pcm) / SAMPLE_RATE,
         "batched": {},
     }
-    with uvicorn_server(model.path, f"{model.name}-batched", DS_STREAM_BATCHING="true") as server:
+    processes = str(default_decoder_processes())  # the default, said explicitly: it is half of a headline
+    with uvicorn_server(
+        model.path, f"{model.name}-batched", DS_STREAM_BATCHING="true", DS_DECODER_PROCESSES=processes
+    ) as server:
         results["server_start_s"] = server.start_seconds
         for n in profile.concurrency:
             log(f"4 concurrency: {model.name}, {n} streams, batching on")
@@ -156,7 +161,9 @@ def section_concurrency(bench: Bench, model: LoadedModel) -> None:
             log(f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, batching on")
             batched = concurrent_streams(server, pcm, BATCHED_STREAMS)
             results["batched"][str(BATCHED_STREAMS)] = batched
-    with uvicorn_server(model.path, f"{model.name}-unbatched", DS_STREAM_BATCHING="false") as server:
+    with uvicorn_server(
+        model.path, f"{model.name}-unbatched", DS_STREAM_BATCHING="false", DS_DECODER_PROCESSES=processes
+    ) as server:
         log(f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, batching off")
         unbatched = concurrent_streams(server, pcm, BATCHED_STREAMS)
     results["unbatched"] = {str(BATCHED_STREAMS): unbatched}
@@ -187,4 +194,36 @@ def section_concurrency(bench: Bench, model: LoadedModel) -> None:
     greedy_ratio = greedy["true"]["audio_s_per_wall_s"] / greedy["false"]["audio_s_per_wall_s"]
     results["greedy"] = {"batched": greedy["true"], "unbatched": greedy["false"], "ratio": greedy_ratio}
     bench.row(model, 4, f"greedy decoder: batched / unbatched ({BATCHED_STREAMS} streams)", greedy_ratio)
+    results["processes"] = decoder_processes(bench, model, pcm, batched)
+    results["beam_streams_processes_over_one"] = results["processes"]["ratio"]
     bench.section_result("concurrency", model, results)
+
+
+def decoder_processes(
+    bench: Bench, model: LoadedModel, pcm: np.ndarray, spread: dict[str, Any]
+) -> dict[str, Any]:
+    """16 beam-search streams with decoding in the service process (DS_DECODER_PROCESSES=0), against `spread`:
+    the same with the default decoder processes (the cores less one), measured above with batching on."""
+    with uvicorn_server(model.path, f"{model.name}-one-process", DS_DECODER_PROCESSES="0") as server:
+        log(f"4 concurrency: {model.name}, {BATCHED_STREAMS} streams, decoding in the service process")
+        one = concurrent_streams(server, pcm, BATCHED_STREAMS)
+    ratio = spread["audio_s_per_wall_s"] / one["audio_s_per_wall_s"]
+    bench.row(
+        model,
+        4,
+        f"{BATCHED_STREAMS} streams, decoding in-process: audio s / wall s",
+        one["audio_s_per_wall_s"],
+    )
+    bench.row(
+        model,
+        4,
+        f"decoder processes ({default_decoder_processes()}) / in-process ({BATCHED_STREAMS} streams)",
+        ratio,
+        (">=", TARGET_PROCESSES_RATIO),
+    )
+    return {
+        "decoder_processes": default_decoder_processes(),
+        "in_process": one,
+        "ratio": ratio,
+        "same_text": normalise(one["text"]) == normalise(spread["text"]),
+    }
