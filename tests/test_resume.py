@@ -55,6 +55,8 @@ def open_resumable(url: str) -> tuple[ClientConnection, dict[str, Any]]:
     ws.send(json.dumps({"type": "config", "resumable": True}))
     hello = json.loads(ws.recv(timeout=10))
     assert hello["type"] == "resumable" and hello["window"] == 2
+    assert hello["resume_url"] == "/stream"  # no DS_REPLICA_ID: reconnect where it connected
+    assert "x-replica" not in ws.response.headers
     assert len(hello["resume_token"]) >= 40  # 256 random bits, URL-safe
     return ws, hello
 
@@ -99,6 +101,7 @@ def test_a_cut_stream_resumes_to_the_uninterrupted_transcript(server: str, pcm: 
             acked <= resumed["bytes"] <= cut
         )  # the server's count; it may have taken frames we saw no ack for
         assert resumed["resume_token"] != hello["resume_token"]
+        assert resumed["resume_url"] == "/stream" and "." not in resumed["stream_id"]
         for start in range(resumed["bytes"], len(pcm), FRAME):
             ws.send(pcm[start : start + FRAME])
         ws.send(json.dumps({"type": "eof"}))

@@ -55,6 +55,11 @@ def _fields(**types: str) -> dict[str, Any]:
 
 STRING, NUMBER = {"type": "string"}, {"type": "number"}
 COUNT = {"type": "integer", "minimum": 0}
+RESUME_URL = {
+    "type": "string",
+    "description": "path and query to reconnect to, relative to the address connected to: `/stream`, or with "
+    "DS_REPLICA_ID `/stream?replica=r1` for a load balancer to route to the replica that holds the stream",
+}
 WORD = _fields(word="string", start="number", end="number", confidence="number")
 HOT_WORDS = {
     "description": "boosts in DeepSpeech's units: {word: boost}, 'word:boost,...', or a list of such strings",
@@ -171,15 +176,17 @@ STREAM_OUT = {
     ),
     "streamResumable": _message(
         "resumable",
-        "answer to a resumable config: the id and first token to resume with, and the reconnect window",
+        "answer to a resumable config: the id and first token to resume with, the reconnect window, and where to "
+        "reconnect",
         _typed(
             "resumable",
             {
                 "stream_id": STRING,
                 "resume_token": STRING,
                 "window": NUMBER,
+                "resume_url": RESUME_URL,
             },
-            ("stream_id", "resume_token", "window"),
+            ("stream_id", "resume_token", "window", "resume_url"),
         ),
     ),
     "streamAck": _message(
@@ -197,8 +204,9 @@ STREAM_OUT = {
                 "resume_token": STRING,
                 "bytes": COUNT,
                 "text": STRING,
+                "resume_url": RESUME_URL,
             },
-            ("stream_id", "resume_token", "bytes", "text"),
+            ("stream_id", "resume_token", "bytes", "text", "resume_url"),
         ),
     ),
 }

@@ -17,13 +17,16 @@ pause already had), so the utterance messages and the final's utterance together
 A client that closes without eof gets no final: a closed websocket cannot carry one.
 
 Resuming after a network blip (app/service/resume.py): `"resumable": true` in the config makes the server answer
-`{"type": "resumable", "stream_id", "resume_token", "window"}` and acknowledge every binary frame with
-`{"type": "ack", "bytes": N}` (all binary bytes received so far). If the connection drops, the stream's state
-waits `window` seconds (DS_STREAM_RESUME_SECONDS); a new connection whose first message is
-`{"type": "resume", "stream_id", "resume_token", "bytes": last acked N}` gets `{"type": "resumed", "stream_id",
-"resume_token" (a new one: tokens are single-use), "bytes", "text"}` and resends its audio from byte `bytes`
-(the server's count: acks may have been lost with the connection). The transcript goes on as if nothing happened.
-A refused resume (`resume_refused`) leaves an ordinary new stream.
+`{"type": "resumable", "stream_id", "resume_token", "window", "resume_url"}` and acknowledge every binary frame
+with `{"type": "ack", "bytes": N}` (all binary bytes received so far). If the connection drops, the stream's
+state waits `window` seconds (DS_STREAM_RESUME_SECONDS); a new connection to `resume_url` (a path and query,
+relative to the address the client connected to) whose first message is `{"type": "resume", "stream_id",
+"resume_token", "bytes": last acked N}` gets `{"type": "resumed", "stream_id", "resume_token" (a new one: tokens
+are single-use), "bytes", "text", "resume_url"}` and resends its audio from byte `bytes` (the server's count: acks
+may have been lost with the connection). The transcript goes on as if nothing happened. A refused resume
+(`resume_refused`) leaves an ordinary new stream. `resume_url` is `/stream`, or with DS_REPLICA_ID
+`/stream?replica=r1`: the state lives in one replica's memory, and a load balancer routes on that parameter
+(deploy/haproxy/haproxy.cfg); this service itself ignores it, so resuming on plain `/stream` works as before.
 
 The stream's life (admission, deadlines, drain, failures, parking) is the controller's (app/service/streams.py);
 this module translates messages.
@@ -32,6 +35,7 @@ this module translates messages.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, WebSocket
 
@@ -138,7 +142,9 @@ class StreamDialect:
         stream.use_audio(audio)
         stream.note_activity()
         if control.get("resumable") is True:
-            await stream.send({"type": "resumable", **stream.make_resumable()})
+            await stream.send(
+                {"type": "resumable", **stream.make_resumable(), "resume_url": resume_url(stream)}
+            )
 
     async def _resume(self, stream: StreamController, control: dict[str, Any]) -> None:
         if stream.state.audio is not None or stream.resumable is not None or stream.state.bytes_in:
@@ -157,8 +163,17 @@ class StreamDialect:
                 "resume_token": token,
                 "bytes": stream.state.bytes_in,  # resend from here (the client may have missed acks)
                 "text": stream.session.partial_text,
+                "resume_url": resume_url(stream),
             }
         )
+
+
+def resume_url(stream: StreamController) -> str:
+    """Where a dropped resumable stream reconnects: this route, naming the replica that holds its state (the one
+    that serves this connection) for the load balancer to route on. Only the replica, not the stream id: that is
+    all the balancer needs, and the id goes in the resume message with its token, not into access logs."""
+    replica = stream.services.settings.replica_id
+    return f"{StreamDialect.route}?{urlencode({'replica': replica})}" if replica else StreamDialect.route
 
 
 @router.websocket("/stream")

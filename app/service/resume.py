@@ -8,6 +8,11 @@ the server has taken, which it acknowledged to the client. The client resends fr
 Tokens: 256 random bits (`secrets`), kept only as SHA-256 digests and compared in constant time; single-use (a
 resume hands out a fresh one); bound to the API key that opened the stream when one is set; valid only while
 the stream is parked and for `window` seconds (DS_STREAM_RESUME_SECONDS). A live stream cannot be taken over.
+
+Replicas: a parked state lives in one process's memory, so behind a load balancer the reconnect must reach the
+replica that holds it. With DS_REPLICA_ID (`r1`) stream ids start with it (`r1.<16 hex>`), so any process can
+tell whose a stream is, and the route hands out a resume URL that names the replica for the balancer to route on
+(deploy/haproxy/haproxy.cfg). Without it ids are bare, as before.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable
@@ -23,6 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+REPLICA_STREAM_ID = re.compile(r"([A-Za-z0-9_-]{1,32})\.[0-9a-f]{16}")  # DS_REPLICA_ID "." 64 random bits
 
 
 class ResumeRefused(ValueError):
@@ -54,10 +62,13 @@ class ResumableStream:
 class ResumableStreams:
     """The parked streams of one app. Runs on the event loop only (no locking)."""
 
-    def __init__(self, window: float, capacity: int, on_expire: Callable[[Any], None]) -> None:
+    def __init__(
+        self, window: float, capacity: int, on_expire: Callable[[Any], None], replica_id: str | None = None
+    ) -> None:
         self.window = window
         self.capacity = capacity  # parked streams at most; the oldest is dropped beyond it
         self._on_expire = on_expire  # frees a parked state nobody came back for
+        self.replica_id = replica_id  # DS_REPLICA_ID: the prefix of the stream ids this process hands out
         self._streams: dict[str, ResumableStream] = {}
 
     @property
@@ -66,7 +77,10 @@ class ResumableStreams:
 
     def register(self, api_key: bytes | None) -> tuple[ResumableStream, str]:
         """A new resumable stream (connected) and its first token."""
-        stream = ResumableStream(secrets.token_hex(8), _digest(api_key) if api_key else None)
+        stream_id = secrets.token_hex(8)
+        if self.replica_id:
+            stream_id = f"{self.replica_id}.{stream_id}"
+        stream = ResumableStream(stream_id, _digest(api_key) if api_key else None)
         self._streams[stream.stream_id] = stream
         return stream, stream.new_token()
 
@@ -94,6 +108,12 @@ class ResumableStreams:
         key_ok = stream is not None and (
             stream.key_digest is None or hmac.compare_digest(stream.key_digest, _digest(api_key or b""))
         )
+        other = REPLICA_STREAM_ID.fullmatch(stream_id) if stream is None and self.replica_id else None
+        if other is not None and other[1] != self.replica_id:  # the id names its replica: nothing new is told
+            raise ResumeRefused(
+                f"stream {stream_id} is held by replica {other[1]}, this is {self.replica_id}: reconnect to the "
+                "stream's resume_url (through the load balancer), or open a new stream"
+            )
         if stream is None or not (token_ok and key_ok) or stream.parked_until is None:
             raise ResumeRefused(
                 "no resumable stream for that id and token (unknown, already resumed, expired, still connected, "

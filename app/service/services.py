@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -11,15 +12,38 @@ from anyio.to_thread import run_sync
 from app.service.admission import Admission
 from app.service.drain import Drain
 from app.service.jobs import JobQueue, JobsUnavailable
-from app.service.memory import MemoryReturn
 from app.service.metrics import Metrics
 from app.service.resume import ResumableStreams
 from app.settings import Settings
+from app.speech.decoding.beam import BeamOptions
 from app.speech.engine import Engine
+from app.speech.memory import MemoryReturn
+
+log = logging.getLogger(__name__)
 
 
 class NotReady(RuntimeError):
     """The models are not loaded yet (the lifespan has not run)."""
+
+
+def stream_limit(settings: Settings) -> int:
+    """DS_MAX_STREAMS, or fewer when that many streams' worst-case beam searches would not fit in
+    DS_DECODER_MEMORY_MB (each is bounded whatever it hears: BeamOptions.stream_memory_bytes)."""
+    if settings.decoder == "greedy":
+        return settings.max_streams
+    per_stream = BeamOptions(beam_width=settings.beam_width).stream_memory_bytes
+    fits = settings.decoder_memory_mb * 2**20 // per_stream
+    if fits < settings.max_streams:
+        log.warning(
+            "at most %d streams (not DS_MAX_STREAMS=%d): beam width %d holds up to %.0f MiB a stream, and "
+            "DS_DECODER_MEMORY_MB is %d",
+            fits,
+            settings.max_streams,
+            settings.beam_width,
+            per_stream / 2**20,
+            settings.decoder_memory_mb,
+        )
+    return max(1, min(settings.max_streams, fits))
 
 
 @dataclass
@@ -53,7 +77,7 @@ class Services:
         from app.service.streams import expire_parked
 
         metrics = Metrics()
-        admission = Admission(settings.workers, settings.queue_length, settings.max_streams)
+        admission = Admission(settings.workers, settings.queue_length, stream_limit(settings))
         metrics.watch_admission(admission)
         services = cls(
             settings=settings,
@@ -61,7 +85,10 @@ class Services:
             drain=Drain(),
             metrics=metrics,
             resumable=ResumableStreams(
-                settings.stream_resume_seconds, settings.max_streams, expire_parked(metrics)
+                settings.stream_resume_seconds,
+                settings.max_streams,
+                expire_parked(metrics),
+                replica_id=settings.replica_id,
             ),
             job_queue=JobQueue(settings) if settings.redis_url else None,
         )

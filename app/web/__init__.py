@@ -1,6 +1,6 @@
 """Web infrastructure, in one place: auth, body limits and upload admission, drain, instrumentation and the
-access log, the error table, typed dependencies, and the connection guard uvicorn runs (app/web/connections.py).
-None of it imports a route; `install_web_layer` puts it in front of the routes."""
+access log, the error table, typed dependencies, the replica header, and the connection guard uvicorn runs
+(app/web/connections.py). None of it imports a route; `install_web_layer` puts it in front of the routes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from app.web.errors import install_error_handlers
 from app.web.instrumentation import Instrumentation
 from app.web.limits import BodyDeadline, UploadAdmission, UploadLimit
 from app.web.logs import redact_api_keys
+from app.web.replica import ReplicaHeader
 
 log = logging.getLogger("app")
 
@@ -27,11 +28,11 @@ def install_web_layer(app: FastAPI, services: Services) -> None:
     # Uploads stay in memory up to the upload cap (they are bounded by it): Starlette would otherwise spool any
     # file part over 1 MB to a temporary file, and audio must not touch the disk (process-wide class attribute).
     MultiPartParser.spool_max_size = settings.max_upload_bytes
-    # add_middleware wraps: the last added runs first. Order per request: Instrumentation (counts everything,
-    # 401s, 408s and 413s included) -> CORS (if configured) -> DrainMiddleware (503 once shutting down) ->
-    # ApiKeyAuth (refuses before any body is read) -> BodyDeadline (408 for a stalled or too slow body) ->
-    # UploadLimit (413) -> UploadAdmission (the upload routes: queue place and buffered-bytes budget, 503 before
-    # the body is read) -> the routes.
+    # add_middleware wraps: the last added runs first. Order per request: ReplicaHeader (with DS_REPLICA_ID:
+    # `X-Replica` on every response) -> Instrumentation (counts everything, 401s, 408s and 413s included) -> CORS
+    # (if configured) -> DrainMiddleware (503 once shutting down) -> ApiKeyAuth (refuses before any body is read)
+    # -> BodyDeadline (408 for a stalled or too slow body) -> UploadLimit (413) -> UploadAdmission (the upload
+    # routes: queue place and buffered-bytes budget, 503 before the body is read) -> the routes.
     app.add_middleware(
         UploadAdmission, admission=services.admission, budget_bytes=settings.max_buffered_upload_bytes
     )
@@ -57,4 +58,7 @@ def install_web_layer(app: FastAPI, services: Services) -> None:
             max_age=600,
         )
     app.add_middleware(Instrumentation, metrics=services.metrics)
+    # Outermost: every answer says which replica gave it, refusals and errors included.
+    if settings.replica_id:
+        app.add_middleware(ReplicaHeader, replica_id=settings.replica_id)
     install_error_handlers(app)
