@@ -9,7 +9,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.speech.runtime.coreml_backend import WINDOW_STEPS
-from app.speech.runtime.cores import default_decoder_processes, default_threads
+from app.speech.runtime.cores import default_decoder_memory_mb, default_decoder_processes, default_threads
 
 
 class Settings(BaseSettings):
@@ -41,6 +41,13 @@ class Settings(BaseSettings):
         le=64,
         description="beam-search decoder processes (spawned; each loads the scorer): every core decodes "
         "(default: the cores less one, at least 1; 0: decode in the service process)",
+    )
+    decoder_memory_mb: int = Field(
+        default_factory=default_decoder_memory_mb,
+        ge=64,
+        description="memory the streams' beam searches may hold together, in MiB (default: half the RAM); streams "
+        "are admitted while their worst case fits (app/speech/decoding/beam.py bounds each: width x buffered "
+        "frames), so noise cannot exhaust the machine",
     )
     numpy_threads: int = Field(
         default_factory=default_threads,

@@ -133,7 +133,7 @@ def test_a_long_upload_returns_its_memory(tmp_path: Path) -> None:
 
 
 def test_memory_return_is_bounded_in_rate() -> None:
-    from app.service.memory import MemoryReturn
+    from app.speech.memory import MemoryReturn
 
     memory = MemoryReturn(threshold=60)
     assert memory.available  # glibc here; a no-op where the C library has no malloc_trim

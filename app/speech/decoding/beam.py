@@ -87,6 +87,35 @@ class BeamOptions:
     # weights, 1 min) the text was identical at 500 and 200 and the decoder's memory 94 MB instead of 273.
     prune_interval: int = 200
     prune_look_back: int = 100
+    # Memory bound per stream, whatever the input: flashlight keeps every buffered frame's hypotheses, at most
+    # beam_width of them, so a stream holds at most beam_width x buffered frames (x BYTES_PER_HYPOTHESIS_FRAME).
+    # On speech the beam is thin; on noise (music, static, a random model) it stays full. Wide beams prune more
+    # often to stay under this many hypothesis-frames (never below MIN_PRUNE_INTERVAL); beam 500 at interval 200
+    # is 100 000 and so unchanged (its transcripts and the held-out WER/CER with it).
+    max_hypothesis_frames: int = 160_000
+
+    @property
+    def stream_prune_interval(self) -> int:
+        """The prune interval under the memory bound."""
+        bounded = self.max_hypothesis_frames // max(self.beam_width, 1)
+        return max(MIN_PRUNE_INTERVAL, min(self.prune_interval, bounded))
+
+    @property
+    def stream_prune_look_back(self) -> int:
+        return min(self.prune_look_back, self.stream_prune_interval // 2)
+
+    @property
+    def stream_memory_bytes(self) -> int:
+        """The most a stream's decoder holds, as measured (BYTES_PER_HYPOTHESIS_FRAME)."""
+        return self.beam_width * self.stream_prune_interval * BYTES_PER_HYPOTHESIS_FRAME + STREAM_BASE_BYTES
+
+
+# Measured on random (noise-like) probabilities at width 2048 with the default scorer, 4 streams at once
+# (python scripts/decoder_memory.py): 36, 20 and 13 MiB per stream at prune intervals 200, 100 and 50,
+# i.e. about 90-140 bytes per live hypothesis and buffered frame, and a floor of a few MiB.
+BYTES_PER_HYPOTHESIS_FRAME = 128
+STREAM_BASE_BYTES = 4 * 1024 * 1024
+MIN_PRUNE_INTERVAL = 32
 
 
 def _emissions(probs: np.ndarray) -> np.ndarray:
@@ -250,14 +279,15 @@ class BeamStream:
         while len(probs):
             # Split at the prune points so that any chunking of the same probabilities prunes at the same frames
             # (and so decodes the same): whole-file decoding, streams and the OpenAI SSE path agree exactly.
-            room = opt.prune_interval - (self._frames - self._pruned) if prune else len(probs)
+            interval = opt.stream_prune_interval
+            room = interval - (self._frames - self._pruned) if prune else len(probs)
             part, probs = probs[: max(room, 1)], probs[max(room, 1) :]
             em = _emissions(part)
             self._decoder.decode_step(em.ctypes.data, em.shape[0], em.shape[1])
             self._pending.append(np.asarray(part, dtype=np.float32))
             self._frames += len(part)
-            if prune and self._frames - self._pruned >= opt.prune_interval:
-                self.prune(opt.prune_look_back)
+            if prune and self._frames - self._pruned >= interval:
+                self.prune(opt.stream_prune_look_back)
 
     def prune(self, look_back: int) -> None:
         """Commit the best path up to (about) `look_back` frames ago and let flashlight free older states."""

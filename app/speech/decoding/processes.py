@@ -35,7 +35,8 @@ import numpy as np
 from app.speech.alphabet import Alphabet
 from app.speech.decoding.grammar import Grammar, check_grammar
 from app.speech.decoding.hotwords import HotWords, validate_alternatives, validate_hot_words
-from app.speech.decoding.timings import Transcript
+from app.speech.decoding.timings import FRAME_SECONDS, Transcript
+from app.speech.memory import MemoryReturn
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,8 @@ def serve(connection: Connection, spec: DecoderSpec) -> None:
         return
     connection.send(("ready", (decoder.description, decoder.describe())))
     streams: dict[int, Any] = {}
+    memory = MemoryReturn()  # long streams' decoders free millions of objects: give the pages back
+    decoded = 0.0  # audio seconds decoded since the last trim
     while True:
         try:
             request = connection.recv()
@@ -92,6 +95,10 @@ def serve(connection: Connection, spec: DecoderSpec) -> None:
             continue
         if op in REPLIED:
             connection.send(("ok", result))
+        if op in ("feed", "decode"):
+            decoded += len(args[0]) * FRAME_SECONDS
+        elif op == "finish" and memory.after(decoded):
+            decoded = 0.0
 
 
 REPLIED = frozenset({"decode", "partial", "stable_words", "finish"})

@@ -39,6 +39,19 @@ def default_threads() -> int:
     return max(1, min(available_cores(), 4))
 
 
+def physical_memory_mb() -> int:
+    """This machine's RAM in MiB (0 if the system does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20)
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def default_decoder_memory_mb() -> int:
+    """The decoders' share of RAM by default: half of it (the model, the scorer and the system have the rest)."""
+    return max(1024, physical_memory_mb() // 2)
+
+
 def default_decoder_processes() -> int:
     """Decoder processes by default: a core each, but one left for the service's own process (the model, the
     event loop), and at least one."""
