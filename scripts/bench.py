@@ -24,6 +24,8 @@ cut into 10 s, 60 s and 10 min clips, cached under .cache/bench/.
     python scripts/bench.py --json bench.json     # everything: about 40 min on 2 cores
     python scripts/bench.py --quick               # < 10 min on 2 cores: no native client, no concurrency,
                                                   # shorter audio; estimates are flagged in the JSON
+    python scripts/bench.py --jobs --quick        # batch jobs alone (scripts/benchmarks/jobs.py): throughput
+                                                  # with 1 and 2 worker processes, the queue's added latency
 """
 
 # The entry point and its CLI; the sections live in scripts/benchmarks/ (one module each), and the real uvicorn
@@ -59,6 +61,7 @@ from scripts.benchmarks.common import (  # noqa: E402
     completing_pieces,
     flops_per_step,
 )
+from scripts.benchmarks.jobs import JOBS_FULL, JOBS_QUICK, JOBS_TINY, run_jobs_bench  # noqa: E402
 from scripts.benchmarks.limits import measure_bandwidth, measure_sgemm  # noqa: E402
 from scripts.benchmarks.report import headlines, print_table, write_json  # noqa: E402
 from scripts.benchmarks.run import Bench  # noqa: E402
@@ -93,6 +96,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="< 10 min: sections 1, 2, 5 on 10 s and 60 s of audio"
     )
     parser.add_argument("--json", type=Path, metavar="PATH", help="write every number to this JSON file")
+    parser.add_argument(
+        "--jobs",
+        action="store_true",
+        help="instead of the sections: batch jobs (needs redis-server) on the first of --models, jobs per second "
+        "with one and two `python -m app.worker` processes and the latency the queue adds to a short file",
+    )
     parser.add_argument(
         "--sections",
         default="1,2,3,4,5",
@@ -130,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         print(json.dumps(probe))
         return 0
+    if args.jobs:
+        jobs_profile = JOBS_TINY if args.tiny else JOBS_QUICK if args.quick else JOBS_FULL
+        return run_jobs_bench(jobs_profile, args.model_list[0], args.json)
     profile = TINY if args.tiny else QUICK if args.quick else FULL
     started = time.monotonic()
     load_start = os.getloadavg()

@@ -41,7 +41,7 @@ def rendered(upload: UploadTranscription, services: Services) -> dict[str, Any]:
     """Every format of `/transcribe`'s answer for the file."""
     response = transcription_response(upload.result, upload.duration, services.engine)
     texts = {fmt: render_text(upload.result, fmt).content for fmt in ("text", "srt", "vtt")}
-    return {"json": response.model_dump(mode="json"), **texts}
+    return {"json": response.model_dump(mode="json", exclude_none=True), **texts}  # as /transcribe's route
 
 
 class JobRunner:

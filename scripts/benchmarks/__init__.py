@@ -8,6 +8,7 @@ streaming    section 2: our stream against the coremltools guide's loop (the see
 native       section 3: the official DeepSpeech 0.9.3 native client
 concurrency  section 4: many websocket streams, batching on and off
 limits       section 5: this machine's sgemm and memory bandwidth, and each stage's fraction of them
+jobs         --jobs (not a section): batch-job throughput with one and two worker processes, queue latency
 run          the Bench: which sections run, their rows and results
 report       the headline ratios, the table and the JSON report
 """
