@@ -15,6 +15,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+MAX_STREAM_BATCH = 64  # = coreml_export.MAX_STREAM_BATCH (not imported here: it loads coremltools)
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -49,10 +51,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--deployment-target",
-        choices=("macOS13", "macOS14"),
-        default="macOS14",  # = coreml_export.DEFAULT_DEPLOYMENT_TARGET (not imported here: it loads coremltools)
-        help="oldest macOS the packages load on (default macOS14: the LSTM runs in float16, the Neural Engine's "
-        "precision); macOS13 keeps the LSTM in float32 (GPU/CPU) and the packages larger",
+        choices=("macOS13", "macOS14", "macOS15"),
+        default=None,  # macOS14 = coreml_export.DEFAULT_DEPLOYMENT_TARGET (not imported here: it loads coremltools)
+        help="oldest macOS the packages load on (default macOS14, or macOS15 with --stream-batch sizes above 1: "
+        "the LSTM runs in float16, the Neural Engine's precision); macOS13 keeps the LSTM in float32 (GPU/CPU) "
+        "and the packages larger",
+    )
+    parser.add_argument(
+        "--stream-batch",
+        type=_batch_sizes,
+        default=(1,),  # = coreml_export.DEFAULT_STREAM_BATCH
+        metavar="SIZES",
+        help="batch sizes of static.mlpackage, comma-separated, e.g. 1,2,4,8,16: concurrent streams' chunks then "
+        "share one Core ML prediction (padded up to the next size). Default 1: no batch dimension, the package "
+        "as before. Sizes above 1 need macOS 15 (the default target then; Core ML takes enumerated shapes on "
+        "several inputs from macOS 15)",
     )
     parser.add_argument(
         "--source-info",
@@ -66,6 +79,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--name", default=None, help="model name recorded in the manifest (default: --out's name)"
     )
     return parser.parse_args(argv)
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of batch sizes: {text!r}") from None
+    if not sizes or min(sizes) < 1 or max(sizes) > MAX_STREAM_BATCH:
+        raise argparse.ArgumentTypeError(f"batch sizes must lie in 1..{MAX_STREAM_BATCH}, got {text!r}")
+    return tuple(sorted({1, *sizes}))  # 1 always: a lone stream's chunk
 
 
 def _json_object(text: str) -> dict[str, object]:
@@ -114,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
     if max_steps < coreml_export.STATIC_STEPS:
         return _fail(f"--max-steps must be at least {coreml_export.STATIC_STEPS}")
     lengths = coreml_export.dynamic_lengths(max_steps)
+    batch_sizes = coreml_export.stream_batch_sizes(args.stream_batch)
+    batched = len(batch_sizes) > 1
+    target = args.deployment_target or (
+        coreml_export.BATCHED_DEPLOYMENT_TARGET if batched else coreml_export.DEFAULT_DEPLOYMENT_TARGET
+    )
+    if batched and args.deployment_target not in (None, coreml_export.BATCHED_DEPLOYMENT_TARGET):
+        return _fail(
+            f"--stream-batch sizes above 1 need --deployment-target {coreml_export.BATCHED_DEPLOYMENT_TARGET} "
+            "(Core ML takes enumerated shapes on several inputs, the windows and both states, from macOS 15)"
+        )
     if args.scorer is not None and not args.scorer.is_file():
         return _fail(f"scorer {args.scorer} does not exist")
     started = time.monotonic()
@@ -158,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def write_artifacts(staging: Path) -> None:
         from app.speech import model_dir as md
+        from dsconvert.batched_graph import build_batched_static_graph
 
         for n_steps, package, graph_file in (
             (coreml_export.STATIC_STEPS, md.STATIC_PACKAGE, md.STATIC_GRAPH),
@@ -169,8 +203,15 @@ def main(argv: list[str] | None = None) -> int:
             # client; Core ML gets the variant without the mask, which coremltools maps to its core lstm op.
             native = graph.build_frozen_graph(model, alphabet, n_steps)
             (staging / graph_file).write_bytes(native.graph_def.SerializeToString())
-            frozen = graph.build_frozen_graph(model, alphabet, n_steps, variant="coreml")
-            _step(f"converting the {kind} graph to Core ML ({package})")
+            # The static package with a batch dimension (--stream-batch) comes from the same network with an
+            # open batch axis (dsconvert/batched_graph.py); batch 1 alone is the graph as before.
+            rows = batch_sizes if n_steps else coreml_export.DEFAULT_STREAM_BATCH
+            if len(rows) > 1:
+                frozen = build_batched_static_graph(model)
+            else:
+                frozen = graph.build_frozen_graph(model, alphabet, n_steps, variant="coreml")
+            batch_note = f", batch sizes {'/'.join(map(str, rows))}" if len(rows) > 1 else ""
+            _step(f"converting the {kind} graph to Core ML ({package}{batch_note})")
             meta = {
                 **essentials,
                 "kind": kind,
@@ -183,8 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                 meta,
                 max_steps=max_steps,
                 precision=args.precision,
-                deployment_target=args.deployment_target,
+                deployment_target=target,
                 lengths=lengths,
+                batch_sizes=rows,
             )
             _step(f"{package} MIL ops: {describe_ops(mlmodel)}")
             mlmodel.save(str(staging / package))
@@ -201,6 +243,9 @@ def main(argv: list[str] | None = None) -> int:
                 # The time lengths the dynamic package accepts (EnumeratedShapes): the service plans its
                 # pieces from them (app/speech/runtime/windows.py).
                 "dynamic_lengths": list(lengths),
+                # The batch sizes static.mlpackage accepts (enumerated, --stream-batch; [1]: no batch
+                # dimension). The package's own `batch_sizes` metadata and input shapes say the same.
+                "stream_batch_sizes": list(batch_sizes),
                 "source": {**source, **args.source_info, "name": name},
                 "precision": args.precision,
             },

@@ -23,9 +23,13 @@ too, for packages converted before the change.
 
 Inputs are checked as Core ML checks them: against the declared shape, range, or enumerated shapes (the
 dynamic package's time axis is enumerated; its MIL program keeps that dimension symbolic, so the program is
-evaluated at whichever enumerated length it is given).
+evaluated at whichever enumerated length it is given). Where several inputs have enumerated shapes (the
+batched static package: the windows and both states take B rows; the iOS 18 opset, macOS 15), Core ML takes
+the k-th shape of every one of them together, so inputs whose shapes are each listed but are no one k's
+combination are refused too (coremltools issue #2271: mixing them fails on a Mac).
 
-Not a runtime: no speed, no batching, and ops the DeepSpeech packages do not use are refused by name.
+A batch dimension is evaluated like any other: each op computes all rows at once, as Core ML's kernels do.
+Not a runtime: no speed, and ops the DeepSpeech packages do not use are refused by name.
 """
 
 from __future__ import annotations
@@ -313,8 +317,26 @@ def evaluate(
             raise MilEvalError(f"input {spec.name} has shape {value.shape}, {allowed}")
         var = program.function.inputs[spec.name]
         evaluator.bind(var, _as_declared(value, var, precision, f"input {spec.name}"))
+    _check_combination(program, {spec.name: np.shape(inputs[spec.name]) for spec in program.inputs})
     outputs = evaluator.run_block(program.function)
     return dict(zip(program.output_names, outputs, strict=True))
+
+
+def _check_combination(program: LoadedProgram, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Several inputs with enumerated shapes take them index for index: some k must give every input's shape
+    (duplicates allowed, so each shape may sit at several k)."""
+    enumerated = [spec for spec in program.inputs if spec.shapes]
+    if len(enumerated) < 2:
+        return
+    common = set(range(len(enumerated[0].shapes)))
+    for spec in enumerated:
+        common &= {k for k, shape in enumerate(spec.shapes) if shape == tuple(shapes[spec.name])}
+    if not common:
+        fed = ", ".join(f"{spec.name} {tuple(shapes[spec.name])}" for spec in enumerated)
+        raise MilEvalError(
+            f"inputs {fed} are not one of the enumerated shape combinations (Core ML takes the k-th shape of "
+            "every enumerated input together)"
+        )
 
 
 def evaluate_package(

@@ -358,3 +358,117 @@ def test_failure_mid_conversion_leaves_nothing_behind(
 def test_help_is_instant_and_names_both_sources() -> None:
     result = run_convert("--help")
     assert result.returncode == 0 and "--checkpoint" in result.stdout and "--graph" in result.stdout
+
+
+# --- --stream-batch: the static package with enumerated batch sizes ------------------------------------------
+
+
+def test_default_static_package_has_no_batch_dimension(small_model_dir: Path) -> None:
+    """Without --stream-batch the static package is batch 1 as before (fixed shapes, macOS 14), and the
+    manifest says so."""
+    from app.speech.runtime.coreml_runtime import CoreMLTools
+
+    manifest = json.loads((small_model_dir / md.MANIFEST_NAME).read_text())
+    assert manifest["stream_batch_sizes"] == [1]
+    assert md.load_model_directory(small_model_dir).manifest.stream_batch_sizes == [1]
+    assert CoreMLTools().describe_package(small_model_dir / md.STATIC_PACKAGE).batch_sizes == ()
+    meta = dict(ct.utils.load_spec(str(small_model_dir / md.STATIC_PACKAGE)).description.metadata.userDefined)
+    assert "batch_sizes" not in meta
+
+
+def test_stream_batch_converts_the_static_package_with_batch_sizes(
+    tmp_path: Path, alphabet_file: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--stream-batch 2,4,8,16` (1 added): input_node and both states enumerate the batch index for index,
+    macOS 15 by default; the sizes are in the manifest and the package's metadata; the dynamic package and the
+    native client's graphs are unchanged in shape; the written package evaluates at a batch size."""
+    from app.speech.runtime.coreml_runtime import CoreMLTools
+    from dsconvert import mil_eval
+    from dsconvert.cli import main
+
+    width = 24
+    write_checkpoint(random_weights(width, seed=9), tmp_path / "ck")
+    out = tmp_path / "batched"
+    args = ["--checkpoint", str(tmp_path / "ck"), "--alphabet", str(alphabet_file), "--out", str(out)]
+    assert main([*args, "--stream-batch", "16,2,4,8", "--max-steps", "64"]) == 0
+    log = capsys.readouterr().out
+    assert f"({md.STATIC_PACKAGE}, batch sizes 1/2/4/8/16)" in log
+
+    loaded = md.load_model_directory(out)
+    assert loaded.manifest.stream_batch_sizes == [1, 2, 4, 8, 16]
+    spec = ct.utils.load_spec(str(out / md.STATIC_PACKAGE))
+    assert spec.specificationVersion == 9, "macOS 15: enumerated shapes on several inputs"
+    inputs = _io(spec, "input")
+    assert list(inputs) == ["input_node", "previous_state_c", "previous_state_h"]
+    float32 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32
+    rows = [1, 2, 4, 8, 16]
+    assert [list(s.shape) for s in inputs["input_node"].enumeratedShapes.shapes] == [
+        [b, 16, 19, 26] for b in rows
+    ]
+    for name in ("previous_state_c", "previous_state_h"):
+        assert [list(s.shape) for s in inputs[name].enumeratedShapes.shapes] == [[b, width] for b in rows]
+        assert list(inputs[name].shape) == [1, width] and inputs[name].dataType == float32
+    assert list(inputs["input_node"].shape) == [1, 16, 19, 26], "batch 1 is the default shape"
+    meta = dict(spec.description.metadata.userDefined)
+    assert json.loads(meta["batch_sizes"]) == rows and meta["deployment_target"] == "macOS15"
+    assert meta["kind"] == "static" and meta["lstm"] == "core lstm op (fp16)"
+    info = CoreMLTools().describe_package(out / md.STATIC_PACKAGE)
+    assert info.batch_sizes == tuple(rows) and info.time_lengths == ()
+    assert "lstm" in mil_eval.op_types(out / md.STATIC_PACKAGE)
+
+    dynamic = CoreMLTools().describe_package(out / md.DYNAMIC_PACKAGE)
+    assert dynamic.batch_sizes == () and dynamic.time_lengths == (*range(1, 17), 24, 32, 50, 64)
+    nodes = {n.name: n for n in load_graph_def(out / md.STATIC_GRAPH).node}
+    assert [d.size for d in nodes["input_node"].attr["shape"].shape.dim] == [1, 16, 19, 26]
+    assert "input_lengths" in nodes, "the native client's graph is upstream's, batch 1"
+
+    rng = np.random.default_rng(1)
+    feed = {
+        "input_node": rng.standard_normal((4, 16, 19, 26)).astype(np.float32),
+        "previous_state_c": rng.standard_normal((4, width)).astype(np.float32),
+        "previous_state_h": np.tanh(rng.standard_normal((4, width))).astype(np.float32),
+    }
+    result = mil_eval.evaluate_package(out / md.STATIC_PACKAGE, feed)
+    assert result["logits"].shape == (16, 4, 29) and result["new_state_c"].shape == (4, width)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--stream-batch", "1,2,x"], "not a comma-separated list of batch sizes"),
+        (["--stream-batch", "0,4"], "batch sizes must lie in 1..64"),
+        (["--stream-batch", "128"], "batch sizes must lie in 1..64"),
+        (
+            ["--stream-batch", "1,2,4", "--deployment-target", "macOS14"],
+            "--stream-batch sizes above 1 need --deployment-target macOS15",
+        ),
+    ],
+)
+def test_bad_stream_batch_fails_with_one_line(
+    tmp_path: Path,
+    small_checkpoint: Path,
+    alphabet_file: Path,
+    capsys: pytest.CaptureFixture,
+    extra: list[str],
+    message: str,
+) -> None:
+    from dsconvert.cli import main
+
+    out = tmp_path / "out"
+    args = [
+        "--checkpoint",
+        str(small_checkpoint),
+        "--alphabet",
+        str(alphabet_file),
+        "--out",
+        str(out),
+        *extra,
+    ]
+    try:
+        code = main(args)
+    except SystemExit as exit_:  # argparse's own errors
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()

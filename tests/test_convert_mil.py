@@ -23,6 +23,7 @@ arguments) and random normal windows. Run with `-s` to see the measured differen
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -751,3 +752,282 @@ def test_stream_tail_at_its_enumerated_length(
         padded, no_state = run_in_pieces(_predict(model.program), windows, start, (STATIC_STEPS,))
         assert no_state is None
         np.testing.assert_allclose(padded, probs, atol=prob_tolerance)
+
+
+# --- batched streams: the static package with enumerated batch sizes -----------------------------------------
+# `scripts/convert.py --stream-batch 1,2,4,8,16` converts the static graph with an open batch dimension
+# (dsconvert/batched_graph.py): concurrent streams' chunks are the rows of one prediction. Each row must be
+# what a batch-1 prediction of it gives, whatever the other rows hold (other content, other states, a padded
+# tail, the adapter's zero rows): compared here in float32, to float32 rounding (BLAS sums rows in another
+# order than a single row, so not bit for bit).
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
+ROW_RTOL = 1e-5
+
+
+def _convert_batched(weights: DeepSpeechWeights, out: Path, precision: str) -> Converted:
+    from dsconvert.batched_graph import build_batched_static_graph
+
+    model = convert_to_mlpackage(
+        build_batched_static_graph(weights),
+        weights.n_cell_dim,
+        {},
+        precision=precision,
+        deployment_target="macOS15",
+        batch_sizes=BATCH_SIZES,
+    )
+    model.save(str(out))
+    return Converted(weights, mil_eval.load_program(out), STATIC_STEPS)
+
+
+@pytest.fixture(scope="module")
+def batched32(weights: DeepSpeechWeights, tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    return _convert_batched(weights, tmp_path_factory.mktemp("mil") / "batched32.mlpackage", "float32")
+
+
+@pytest.fixture(scope="module")
+def batched16(weights: DeepSpeechWeights, tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    """As scripts/convert.py --stream-batch writes it: float16 compute, macOS 15."""
+    return _convert_batched(weights, tmp_path_factory.mktemp("mil") / "batched16.mlpackage", "float16")
+
+
+@pytest.fixture(scope="module")
+def static32(weights: DeepSpeechWeights, tmp_path_factory: pytest.TempPathFactory) -> Converted:
+    """Today's batch-1 static package, in float32: the reference each row must reproduce."""
+    out = tmp_path_factory.mktemp("mil") / "static32.mlpackage"
+    return _convert(weights, STATIC_STEPS, out, "macOS14", precision="float32")
+
+
+def _rows(speech: np.ndarray | None, lengths: list[int], seed: int) -> dict[str, np.ndarray]:
+    """A batch: row b holds its own windows (speech where there is some, else random), zero past lengths[b]
+    (a stream's padded tail), and its own random non-zero state."""
+    rng = np.random.default_rng(seed)
+    batch = len(lengths)
+    windows = rng.standard_normal((batch, STATIC_STEPS, 19, 26)).astype(np.float32)
+    if speech is not None:
+        for b in range(0, batch, 2):  # every other row speech, from another place in the sentence
+            start = 10 + 9 * b
+            windows[b] = speech[0, start : start + STATIC_STEPS]
+    for b, length in enumerate(lengths):
+        windows[b, length:] = 0.0
+    return {
+        "input_node": windows,
+        "previous_state_c": rng.standard_normal((batch, WIDTH)).astype(np.float32),
+        "previous_state_h": np.tanh(rng.standard_normal((batch, WIDTH))).astype(np.float32),
+    }
+
+
+def _row(inputs: dict[str, np.ndarray], b: int) -> dict[str, np.ndarray]:
+    return {name: value[b : b + 1] for name, value in inputs.items()}
+
+
+def _assert_rows_close(
+    out: dict[str, np.ndarray], row: int, single: dict[str, np.ndarray], rtol: float, atol: float
+) -> None:
+    """Row `row` of a batched evaluation against a batch-1 one: probabilities within rtol (atol for the
+    tiny ones), states within rtol of their largest value (c grows along a stream: its rounding with it)."""
+    np.testing.assert_allclose(out["logits"][:, row], single["logits"][:, 0], rtol=rtol, atol=atol)
+    for name in ("new_state_c", "new_state_h"):
+        scale = max(1.0, float(np.abs(single[name]).max()))
+        np.testing.assert_allclose(out[name][row], single[name][0], rtol=rtol, atol=max(atol, rtol * scale))
+
+
+@pytest.mark.parametrize(
+    "lengths",
+    [[16, 16], [16, 5, 16, 16], [16, 16, 1, 16, 16, 16, 15, 16], [16] * 16],
+    ids=["B2", "B4-tail5", "B8-tails1,15", "B16"],
+)
+def test_batched_rows_are_batch_1_predictions(
+    batched32: Converted,
+    static32: Converted,
+    weights: DeepSpeechWeights,
+    speech: np.ndarray | None,
+    lengths: list[int],
+) -> None:
+    """B rows of different content and states, some a padded tail, in one evaluation of the batched package:
+    row b equals the batched package at batch 1 on row b, and today's batch-1 static package on it, to float32
+    rounding; full rows equal the NumPy backend's run_chunk, and upstream's TF graph as exactly as the batch-1
+    package does."""
+    inputs = _rows(speech, lengths, seed=len(lengths))
+    out = mil_eval.evaluate(batched32.program, inputs, precision="fp32")
+    batch = len(lengths)
+    assert out["logits"].shape == (STATIC_STEPS, batch, 29)
+    assert out["new_state_c"].shape == out["new_state_h"].shape == (batch, WIDTH)
+    numpy_backend = NumpyAcousticModel(weights.arrays, max_steps=1000)
+    worst = 0.0
+    for b, length in enumerate(lengths):
+        alone = mil_eval.evaluate(batched32.program, _row(inputs, b), precision="fp32")
+        _assert_rows_close(out, b, alone, ROW_RTOL, 1e-7)
+        today = mil_eval.evaluate(static32.program, _row(inputs, b), precision="fp32")
+        _assert_rows_close(out, b, today, ROW_RTOL, 1e-7)
+        worst = max(worst, float(np.abs(out["logits"][:, b] - today["logits"][:, 0]).max()))
+        state = LstmState(inputs["previous_state_c"][b : b + 1], inputs["previous_state_h"][b : b + 1])
+        if length == STATIC_STEPS:
+            want, want_state = numpy_backend.run_chunk(inputs["input_node"][b], length, state)
+            np.testing.assert_allclose(out["logits"][:, b], want, atol=EXACT_PROB_TOLERANCE)
+            np.testing.assert_allclose(out["new_state_h"][b : b + 1], want_state.h, atol=1e-5)
+    print(f"\nbatch {batch} (lengths {lengths}): rows vs batch-1 package, probs max diff {worst:.1e}")
+
+    # Upstream's native graph, row by row (input_lengths = the row's length): the valid frames' probabilities
+    # agree for every row (the LSTM is causal: a padded tail's zero steps come after them), the state only for
+    # full rows. A tail's state went on through the zero windows, which is why the Core ML backend runs a tail
+    # unpadded through the dynamic package instead of as a row here.
+    upstream = batched32.reference(STATIC_STEPS, stored=False)
+    for b, length in enumerate(lengths):
+        row = _row(inputs, b)
+        ref = run_graph(
+            upstream,
+            row["input_node"],
+            np.array([length], np.int32),
+            *(row[k] for k in ("previous_state_c", "previous_state_h")),
+        )
+        np.testing.assert_allclose(
+            out["logits"][:length, b], ref["logits"][:length, 0], atol=EXACT_PROB_TOLERANCE
+        )
+        if length == STATIC_STEPS:
+            np.testing.assert_allclose(out["new_state_h"][b], ref["new_state_h"][0], atol=1e-5)
+        else:
+            assert np.abs(out["new_state_c"][b] - ref["new_state_c"][0]).max() > 1e-3
+
+
+def test_zero_rows_change_no_other_row(batched32: Converted, speech: np.ndarray | None) -> None:
+    """The adapter pads a batch of 5 up to 8 with zero rows (windows and states): rows 0..4 are those of the
+    5 rows evaluated alone, at batch 1, and the zero rows give finite outputs."""
+    inputs = _rows(speech, [16, 16, 16, 16, 16], seed=40)
+    padded = {
+        name: np.concatenate([value, np.zeros((3, *value.shape[1:]), np.float32)])
+        for name, value in inputs.items()
+    }
+    out = mil_eval.evaluate(batched32.program, padded, precision="fp32")
+    assert all(np.isfinite(value).all() for value in out.values())
+    for b in range(5):
+        _assert_rows_close(
+            out, b, mil_eval.evaluate(batched32.program, _row(inputs, b), "fp32"), ROW_RTOL, 1e-7
+        )
+
+
+def test_float16_batched_package_rows(
+    batched16: Converted, weights: DeepSpeechWeights, speech: np.ndarray | None
+) -> None:
+    """The package as convert.py ships it (float16 compute): its program computes each row as batch 1 does
+    (evaluated in float32: to float32 rounding), and in its declared fp16 a row stays within an fp16 step of
+    its batch-1 evaluation and within the issue's bounds of the float32 NumPy backend."""
+    from coremltools.converters.mil.mil import types
+
+    lstm = _lstm_op(batched16.program)
+    assert lstm.outputs[0].dtype == types.fp16 and lstm.inputs["weight_hh"].dtype == types.fp16
+    inputs = _rows(speech, [16, 16, 5, 16], seed=41)
+    exact = mil_eval.evaluate(batched16.program, inputs, precision="fp32")
+    fp16 = mil_eval.evaluate(batched16.program, inputs)
+    numpy_backend = NumpyAcousticModel(weights.arrays, max_steps=1000)
+    for b in range(4):
+        _assert_rows_close(
+            exact, b, mil_eval.evaluate(batched16.program, _row(inputs, b), "fp32"), ROW_RTOL, 1e-7
+        )
+        alone = mil_eval.evaluate(batched16.program, _row(inputs, b))
+        # One fp16 rounding apart at most (a product summed in another order can round the other way).
+        _assert_rows_close(fp16, b, alone, 0.0, 2e-3)
+        if b != 2:
+            state = LstmState(inputs["previous_state_c"][b : b + 1], inputs["previous_state_h"][b : b + 1])
+            want, want_state = numpy_backend.run_chunk(inputs["input_node"][b], STATIC_STEPS, state)
+            assert np.abs(fp16["logits"][:, b] - want).max() <= PROB_TOLERANCE
+            assert np.abs(fp16["new_state_h"][b] - want_state.h[0]).max() <= STATE_TOLERANCE
+
+
+def test_batched_package_interface(batched16: Converted, static_model: Converted) -> None:
+    """Three inputs with the batch sizes enumerated index for index (macOS 15's multi-input enumerated
+    shapes), the batch-1 program's ops, and refusals where Core ML would refuse."""
+    program = batched16.program
+    assert [spec.name for spec in program.inputs] == ["input_node", "previous_state_c", "previous_state_h"]
+    node, state_c, state_h = program.inputs
+    assert node.shapes == tuple((b, 16, 19, 26) for b in BATCH_SIZES)
+    assert state_c.shapes == state_h.shapes == tuple((b, WIDTH) for b in BATCH_SIZES)
+    ops = mil_eval.op_types(program)
+    assert ops == mil_eval.op_types(static_model.program) and "while_loop" not in ops
+    spec = ct.utils.load_spec(str(program.path))
+    assert spec.specificationVersion == 9  # iOS 18 / macOS 15
+    meta = dict(spec.description.metadata.userDefined)
+    assert json.loads(meta["batch_sizes"]) == list(BATCH_SIZES) and meta["deployment_target"] == "macOS15"
+
+    inputs = _rows(None, [16, 16, 16], seed=42)
+    with pytest.raises(mil_eval.MilEvalError, match=r"\(3, 16, 19, 26\), not one of its enumerated shapes"):
+        mil_eval.evaluate(program, inputs)
+    mixed = _rows(None, [16, 16], seed=43)
+    mixed["previous_state_h"] = np.zeros((4, WIDTH), np.float32)
+    with pytest.raises(mil_eval.MilEvalError, match="not one of the enumerated shape combinations"):
+        mil_eval.evaluate(program, mixed)
+    with pytest.raises(mil_eval.MilEvalError, match="input_node has shape"):
+        mil_eval.evaluate(
+            program, {**_row(_rows(None, [16], seed=44), 0), "input_node": np.zeros((1, 5, 19, 26))}
+        )
+
+
+def test_batch_sizes_need_the_batched_graph_and_macos15(weights: DeepSpeechWeights) -> None:
+    from dsconvert.batched_graph import build_batched_static_graph, has_open_batch
+    from dsconvert.coreml_export import stream_batch_sizes
+
+    batched = build_batched_static_graph(weights)
+    assert has_open_batch(batched) and not has_open_batch(build_frozen_graph(weights, ENGLISH, 16, "coreml"))
+    with pytest.raises(ValueError, match="needs the macOS15 deployment target"):
+        convert_to_mlpackage(batched, WIDTH, {}, deployment_target="macOS14", batch_sizes=BATCH_SIZES)
+    unbatched = build_frozen_graph(weights, ENGLISH, 16, variant="coreml")
+    with pytest.raises(ValueError, match="open batch dimension"):
+        convert_to_mlpackage(unbatched, WIDTH, {}, deployment_target="macOS15", batch_sizes=BATCH_SIZES)
+    assert stream_batch_sizes([16, 4, 4, 2]) == (1, 2, 4, 16), "sorted, distinct, with 1"
+    with pytest.raises(ValueError, match="must lie in 1..64"):
+        stream_batch_sizes([0, 4])
+    with pytest.raises(ValueError, match="must lie in 1..64"):
+        stream_batch_sizes([128])
+
+
+def test_batched_streams_through_the_coreml_backend(
+    batched32: Converted, fp32_dynamic: Converted, weights: DeepSpeechWeights, speech: np.ndarray | None
+) -> None:
+    """Six streams, each 2 full chunks and a tail, through `CoreMLAcousticModel` with the batched package
+    (the MIL evaluator in place of Core ML): run_chunks makes one static prediction per round (6 rows padded
+    to 8), the tails go to the dynamic package; every stream's probabilities and state are those of its
+    chunks run one by one (run_chunk) and of the NumPy backend over the stream, to float32 rounding."""
+    fakes = {
+        "static": MilEvalMLModel(batched32.program),
+        "dynamic": MilEvalMLModel(fp32_dynamic.program),
+    }
+    backend = CoreMLAcousticModel(
+        Path("static"),
+        Path("dynamic"),
+        WIDTH,
+        29,
+        SMALL_MAX_STEPS,
+        load=lambda path, units: fakes[path.name],
+        time_lengths=dynamic_lengths(SMALL_MAX_STEPS),
+        batch_sizes=BATCH_SIZES,
+    )
+    assert backend.batched_chunks
+    streams = 6
+    n_windows = 2 * STATIC_STEPS + 3 + np.arange(streams)  # tails of 3..8 windows
+    audio = [
+        _file_windows(speech if s % 2 == 0 else None, int(n), seed=50 + s) for s, n in enumerate(n_windows)
+    ]
+    starts = [_random_state(60 + s) for s in range(streams)]
+    states, parts = list(starts), [[] for _ in range(streams)]
+    for offset in range(0, int(n_windows.max()), STATIC_STEPS):
+        requests = [(*pad_chunk(audio[s][offset : offset + STATIC_STEPS]), states[s]) for s in range(streams)]
+        for s, (probs, state) in enumerate(backend.run_chunks(requests)):
+            parts[s].append(probs)
+            states[s] = state
+    assert [f["input_node"].shape for f in fakes["static"].feeds] == [(8, 16, 19, 26)] * 2
+    assert sorted(f["input_node"].shape[1] for f in fakes["dynamic"].feeds) == list(range(3, 3 + streams))
+
+    numpy_backend = NumpyAcousticModel(weights.arrays, max_steps=1000)
+    for s in range(streams):
+        probs = np.concatenate(parts[s])
+        alone_state, alone = starts[s], []
+        for offset in range(0, len(audio[s]), STATIC_STEPS):
+            chunk_probs, alone_state = backend.run_chunk(
+                *pad_chunk(audio[s][offset : offset + STATIC_STEPS]), alone_state
+            )
+            alone.append(chunk_probs)
+        np.testing.assert_allclose(probs, np.concatenate(alone), rtol=ROW_RTOL, atol=1e-7)
+        np.testing.assert_allclose(states[s].c, alone_state.c, rtol=ROW_RTOL, atol=1e-6)
+        want, want_state = numpy_backend.run_window(audio[s], starts[s])
+        np.testing.assert_allclose(probs, want, atol=EXACT_PROB_TOLERANCE)
+        np.testing.assert_allclose(states[s].h, want_state.h, atol=1e-5)

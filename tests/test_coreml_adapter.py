@@ -87,7 +87,10 @@ class FakeMLModel:
 
     `legacy`: a package converted before the core-lstm change (input_lengths, length mask); otherwise every
     step of input_node is valid. `describes`: has `input_description` (MLModel does, CompiledMLModel does not).
-    `error`: every prediction raises it, as Core ML's RuntimeError. `classes`: logits width it returns."""
+    `error`: every prediction raises it, as Core ML's RuntimeError. `classes`: logits width it returns.
+    `batch_sizes` (static only): the enumerated batch sizes of a batched static package; the windows and both
+    states must then have one of them as their first dimension, the same one (Core ML takes the k-th shape of
+    every enumerated input together), and all rows run as one batched NumPy pass (zero rows included)."""
 
     LINGER_SECONDS = 1.0  # MLE5 unbinds its input ports about a second after a prediction (PR #2827)
 
@@ -100,8 +103,10 @@ class FakeMLModel:
         describes: bool = True,
         error: str | None = None,
         classes: int = 29,
+        batch_sizes: tuple[int, ...] = (),
     ) -> None:
         self.numpy_model, self.static, self.legacy = numpy_model, static, legacy
+        self.batch_sizes = batch_sizes if static and batch_sizes else (1,)
         self.clock = clock or FakeClock()
         self.inputs = set(LEGACY_INPUTS if legacy else CURRENT_INPUTS)
         if describes:
@@ -137,9 +142,25 @@ class FakeMLModel:
 
     def _compute(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         x = feed["input_node"]
-        assert x.dtype == np.float32 and x.shape[0] == 1 and x.shape[2:] == (19, 26)
+        batch = x.shape[0]
+        assert x.dtype == np.float32 and batch in self.batch_sizes and x.shape[2:] == (19, 26), x.shape
         for name in ("previous_state_c", "previous_state_h"):
-            assert feed[name].dtype == np.float32 and feed[name].shape == (1, WIDTH)
+            assert feed[name].dtype == np.float32 and feed[name].shape == (batch, WIDTH), feed[name].shape
+        if batch > 1:  # the batched static package: logits (16, B, classes), states (B, n_cell)
+            assert x.shape[1] == STATIC_STEPS and not self.legacy
+            rows = [
+                (x[b], LstmState(feed["previous_state_c"][b : b + 1], feed["previous_state_h"][b : b + 1]))
+                for b in range(batch)
+            ]
+            results = self.numpy_model._forward_batch(rows)
+            logits = np.zeros((STATIC_STEPS, batch, self.classes), np.float32)
+            for b, (probs, _) in enumerate(results):
+                logits[:, b, : probs.shape[1]] = probs[:, : self.classes]
+            return {
+                "logits": logits,
+                "new_state_c": np.concatenate([state.c for _, state in results]),
+                "new_state_h": np.concatenate([state.h for _, state in results]),
+            }
         if self.static:
             assert x.shape[1] == STATIC_STEPS
         else:
@@ -162,17 +183,28 @@ def _adapter(
     clock: FakeClock | None = None,
     hold: InputHold | None = None,
     error: str | None = None,
+    batch_sizes: tuple[int, ...] = (),
 ) -> tuple[CoreMLAcousticModel, dict[str, FakeMLModel]]:
     fakes: dict[str, FakeMLModel] = {}
 
     def load(path: Path, compute_units: str) -> FakeMLModel:
         assert compute_units == units
         static = path.name == md.STATIC_PACKAGE
-        fakes[path.name] = FakeMLModel(numpy_model, static, legacy, clock, error=error)
+        fakes[path.name] = FakeMLModel(
+            numpy_model, static, legacy, clock, error=error, batch_sizes=batch_sizes
+        )
         return fakes[path.name]
 
     model = CoreMLAcousticModel(
-        Path(md.STATIC_PACKAGE), Path(md.DYNAMIC_PACKAGE), WIDTH, 29, 1000, units, load=load, hold=hold
+        Path(md.STATIC_PACKAGE),
+        Path(md.DYNAMIC_PACKAGE),
+        WIDTH,
+        29,
+        1000,
+        units,
+        load=load,
+        hold=hold,
+        batch_sizes=batch_sizes,
     )
     return model, fakes
 
@@ -237,6 +269,173 @@ def test_empty_and_malformed_chunks(numpy_model: NumpyAcousticModel) -> None:
         model.run_chunk(np.zeros((5, 19, 26), np.float32), 5, state)
     with pytest.raises(ValueError, match="static chunk"):
         model.run_chunk(np.zeros((16, 19, 26), np.float32), 17, state)
+
+
+# --- batched streams: a static package with enumerated batch sizes -------------------------------------------
+
+BATCH_SIZES = (1, 2, 4, 8, 16)
+
+
+def _chunks(
+    seed: int, n: int, tails: dict[int, int] | None = None
+) -> list[tuple[np.ndarray, int, LstmState]]:
+    """n streams' chunks (windows, length, state), each its own content and state; `tails` {index: length}
+    makes some of them a stream's zero-padded tail (0: an empty chunk)."""
+    rng = np.random.default_rng(seed)
+    chunks = []
+    for i in range(n):
+        windows, state = _random(rng, STATIC_STEPS)
+        length = (tails or {}).get(i, STATIC_STEPS)
+        windows[length:] = 0.0
+        chunks.append((windows, length, state))
+    return chunks
+
+
+def _assert_same(got: tuple[np.ndarray, LstmState], want: tuple[np.ndarray, LstmState]) -> None:
+    """Equal to float32 rounding (the batched pass sums in another order than batch 1 may)."""
+    assert got[0].shape == want[0].shape
+    np.testing.assert_allclose(got[0], want[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1].c, want[1].c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1].h, want[1].h, rtol=1e-5, atol=1e-6)
+
+
+def test_a_batched_package_runs_streams_chunks_as_one_prediction(numpy_model: NumpyAcousticModel) -> None:
+    """Five streams' full chunks, a tail and an empty chunk: the full ones are the rows of one static
+    prediction padded up to batch 8 with zero rows, the tail goes unpadded to the dynamic package as before,
+    the empty one costs nothing; each result is that chunk's run_chunk result (batch 1, one by one)."""
+    model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=BATCH_SIZES)
+    single, single_fakes = _adapter(numpy_model, legacy=False)
+    assert model.batched_chunks and not single.batched_chunks and CoreMLAcousticModel.batched_chunks is False
+    assert model.describe()["stream_batch_sizes"] == list(BATCH_SIZES)
+    assert "stream_batch_sizes" not in single.describe()
+    chunks = _chunks(30, 7, tails={2: 5, 6: 0})
+    results = model.run_chunks(chunks)
+
+    static, dynamic = fakes[md.STATIC_PACKAGE], fakes[md.DYNAMIC_PACKAGE]
+    (batch,) = static.feeds
+    assert batch["input_node"].shape == (8, 16, 19, 26), "5 full chunks padded up to the next size"
+    assert batch["previous_state_c"].shape == batch["previous_state_h"].shape == (8, WIDTH)
+    full = [i for i, (_, length, _) in enumerate(chunks) if length == STATIC_STEPS]
+    for row, i in enumerate(full):  # the rows in order, then zero rows
+        np.testing.assert_array_equal(batch["input_node"][row], chunks[i][0])
+        np.testing.assert_array_equal(batch["previous_state_h"][row], chunks[i][2].h[0])
+    assert not batch["input_node"][5:].any() and not batch["previous_state_c"][5:].any()
+    assert [f["input_node"].shape for f in dynamic.feeds] == [(1, 5, 19, 26)]
+
+    assert len(results) == len(chunks)
+    for (windows, length, state), got in zip(chunks, results, strict=True):
+        want = single.run_chunk(windows, length, state)
+        _assert_same(got, want)
+        assert got[1].c.shape == (1, WIDTH) and got[0].dtype == np.float32 and got[0].flags.c_contiguous
+        _assert_same(got, numpy_model.run_chunk(windows, length, state))
+    assert results[6][1] is chunks[6][2], "an empty chunk keeps its state"
+    assert len(single_fakes[md.STATIC_PACKAGE].feeds) == 5, "batch 1: one prediction per full chunk"
+
+
+@pytest.mark.parametrize(
+    ("n_chunks", "batches"),
+    [(1, [1]), (2, [2]), (3, [4]), (16, [16]), (17, [16, 1]), (21, [16, 8]), (40, [16, 16, 8])],
+)
+def test_more_chunks_than_the_largest_batch_are_split(
+    numpy_model: NumpyAcousticModel, n_chunks: int, batches: list[int]
+) -> None:
+    """Full batches of the largest size, then one prediction padded up to the next size: the fewest
+    predictions, each result still the chunk's own."""
+    model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=BATCH_SIZES)
+    chunks = _chunks(31 + n_chunks, n_chunks)
+    results = model.run_chunks(chunks)
+    assert [f["input_node"].shape[0] for f in fakes[md.STATIC_PACKAGE].feeds] == batches
+    for (windows, length, state), got in zip(chunks, results, strict=True):
+        _assert_same(got, numpy_model.run_chunk(windows, length, state))
+
+
+def test_a_lone_chunk_and_bad_chunks_with_a_batched_package(numpy_model: NumpyAcousticModel) -> None:
+    model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=(1, 4))
+    (windows, length, state), *_ = _chunks(32, 1)
+    _assert_same(model.run_chunk(windows, length, state), numpy_model.run_chunk(windows, length, state))
+    assert fakes[md.STATIC_PACKAGE].feeds[-1]["input_node"].shape == (1, 16, 19, 26), "batch 1 stays batch 1"
+    bad = [(windows, length, state), (np.zeros((5, 19, 26), np.float32), 5, state)]
+    with pytest.raises(ValueError, match="static chunk"):
+        model.run_chunks(bad)
+    assert len(fakes[md.STATIC_PACKAGE].feeds) == 1, "every chunk is checked before anything runs"
+    # A package without batch 1 (not what convert.py writes): a lone chunk is padded up to the smallest size.
+    no_one, no_one_fakes = _adapter(numpy_model, legacy=False, batch_sizes=(4, 8))
+    _assert_same(no_one.run_chunk(windows, length, state), numpy_model.run_chunk(windows, length, state))
+    assert no_one_fakes[md.STATIC_PACKAGE].feeds[-1]["input_node"].shape == (4, 16, 19, 26)
+
+
+def test_batched_inputs_are_held_too(numpy_model: NumpyAcousticModel) -> None:
+    """The batch's arrays are fresh (no caller's buffer is bound) and outlive Core ML's late release."""
+    clock = FakeClock()
+    model, fakes = _adapter(
+        numpy_model, legacy=False, clock=clock, hold=InputHold(HOLD_SECONDS, clock), batch_sizes=BATCH_SIZES
+    )
+    chunks = _chunks(33, 3)
+    model.run_chunks(chunks)
+    fed = fakes[md.STATIC_PACKAGE].fed[-1]
+    bound = fed["input_node"]()
+    assert bound is not None and all(not np.shares_memory(bound, windows) for windows, _, _ in chunks)
+    del bound
+    clock.advance(FakeMLModel.LINGER_SECONDS + 0.5)
+    fakes[md.STATIC_PACKAGE].unbind_lingering()  # fails if Core ML's release were the last one
+    assert all(ref() is not None for ref in fed.values())
+
+
+def test_a_batched_package_gets_the_stream_batcher(numpy_model: NumpyAcousticModel) -> None:
+    """`stream_model_for` wraps a batched Core ML model in the BatchingModel, batches capped at its largest
+    size; concurrent streams' chunks then share predictions. A batch-1 package is not wrapped."""
+    from app.settings import Settings
+    from app.speech.engine import stream_model_for
+    from app.speech.runtime import BatchingModel
+
+    single, _ = _adapter(numpy_model, legacy=False)
+    assert stream_model_for(single, Settings()) is single
+    model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=BATCH_SIZES)
+    wrapped = stream_model_for(model, Settings())
+    try:
+        assert isinstance(wrapped, BatchingModel) and wrapped.model is model
+        assert wrapped.max_batch == 16 and wrapped.batched_chunks
+        chunks = _chunks(34, 20)
+        results = wrapped.run_chunks(chunks)
+        for (windows, length, state), got in zip(chunks, results, strict=True):
+            _assert_same(got, numpy_model.run_chunk(windows, length, state))
+        sizes = [f["input_node"].shape[0] for f in fakes[md.STATIC_PACKAGE].feeds]
+        assert sum(sizes) >= 20 and len(sizes) == 2, f"20 chunks in batches of at most 16: {sizes}"
+        assert wrapped.batches == 2 and wrapped.largest_batch == 16
+    finally:
+        wrapped.close()
+
+
+def test_a_batched_package_is_loaded_and_proven_at_its_largest_batch(
+    tmp_path: Path, numpy_model: NumpyAcousticModel
+) -> None:
+    """Through the fake coremltools: the static package's specification declares the batch sizes; the load
+    proves a prediction at batch 1 and at the largest size (each enumerated shape is specialised apart)."""
+    runtime = FakeCoreML(numpy_model)
+    model_dir = _model_dir(tmp_path / "m", batch_sizes=BATCH_SIZES)
+    model = CoreMLAcousticModel.load(model_dir, cache_dir=tmp_path / "cache", runtime=runtime)
+    assert model.batched_chunks and model.chunk_batch_sizes == BATCH_SIZES
+    static = runtime.models[md.STATIC_PACKAGE]
+    assert [f["input_node"].shape[0] for f in static.feeds] == [1, 16]
+    chunks = _chunks(35, 6)
+    for (windows, length, state), got in zip(chunks, model.run_chunks(chunks), strict=True):
+        _assert_same(got, numpy_model.run_chunk(windows, length, state))
+    assert static.feeds[-1]["input_node"].shape[0] == 8
+
+    # A package whose batched prediction fails is refused at load, naming the batch.
+    class BatchFails(FakeCoreML):
+        def load(self, compiled: Path, compute_units: str) -> FakeMLModel:
+            model = super().load(compiled, compute_units)
+            if model.static:
+                model.batch_sizes = (1,)  # declares 16 but cannot run it
+            return model
+
+    with pytest.raises(
+        CoreMLLoadFailed, match=r"static.mlpackage \(batch 16\) loaded but its first prediction"
+    ):
+        CoreMLAcousticModel.load(model_dir, cache_dir=tmp_path / "cache", runtime=BatchFails(numpy_model))
+    plain = CoreMLAcousticModel.load(_model_dir(tmp_path / "p"), cache_dir=tmp_path / "c", runtime=runtime)
+    assert not plain.batched_chunks and plain.chunk_batch_sizes == (1,)
 
 
 # --- input lifetimes: the crash after idle ----------------------------------------------------------------------
@@ -309,7 +508,11 @@ class FakeCoreML:
     def describe_package(self, package: Path) -> PackageInfo:
         spec = json.loads((package / "spec.json").read_text())
         return PackageInfo(
-            frozenset(CURRENT_INPUTS), spec["version"], tuple(spec["lengths"]), spec.get("max_length")
+            frozenset(CURRENT_INPUTS),
+            spec["version"],
+            tuple(spec["lengths"]),
+            spec.get("max_length"),
+            tuple(spec.get("batch_sizes", ())),
         )
 
     def max_spec_version(self) -> int:
@@ -326,9 +529,12 @@ class FakeCoreML:
         self.loads.append(compiled)
         if self.fail == "load" or not (compiled / "spec.json").is_file():
             raise RuntimeError(f"Error opening the compiled model at {compiled}")
-        static = json.loads((compiled / "spec.json").read_text())["static"]
+        spec = json.loads((compiled / "spec.json").read_text())
+        static, batch_sizes = spec["static"], tuple(spec.get("batch_sizes", ()))
         error = "Error computing NN outputs" if self.fail == "predict" else None
-        model = FakeMLModel(self.numpy_model, static, clock=self.clock, describes=False, error=error)
+        model = FakeMLModel(
+            self.numpy_model, static, clock=self.clock, describes=False, error=error, batch_sizes=batch_sizes
+        )
         model.classes = 28 if self.fail == "shape" else 29
         self.models[md.STATIC_PACKAGE if static else md.DYNAMIC_PACKAGE] = model
         return model
@@ -342,14 +548,23 @@ class FakeCoreML:
         return self.os
 
 
-def _model_dir(root: Path, spec_version: int = 8, lengths: tuple[int, ...] = ()) -> md.ModelDirectory:
-    """A model directory with fake packages (their spec as JSON) and the width-24 weights, sha256s listed."""
+def _model_dir(
+    root: Path, spec_version: int = 8, lengths: tuple[int, ...] = (), batch_sizes: tuple[int, ...] = ()
+) -> md.ModelDirectory:
+    """A model directory with fake packages (their spec as JSON) and the width-24 weights, sha256s listed;
+    `batch_sizes`: the static package's enumerated batch sizes (a batched package)."""
     root.mkdir(parents=True, exist_ok=True)
     for name in PACKAGES:
         (root / name).mkdir(exist_ok=True)
-        spec = {"static": name == md.STATIC_PACKAGE, "version": spec_version, "lengths": list(lengths)}
+        spec: dict[str, Any] = {
+            "static": name == md.STATIC_PACKAGE,
+            "version": spec_version,
+            "lengths": list(lengths),
+        }
         if name == md.DYNAMIC_PACKAGE:
             spec["max_length"] = 1000
+        else:
+            spec["batch_sizes"] = list(batch_sizes)
         (root / name / "spec.json").write_text(json.dumps(spec))
     np.savez(root / md.WEIGHTS_NAME, **random_weights(WIDTH, seed=5).arrays)
     files = {name: md.sha256_of(root / name) for name in (*PACKAGES, md.WEIGHTS_NAME)}
@@ -695,3 +910,14 @@ def test_package_specs_are_read_from_the_shipped_packages() -> None:
     for steps in (64, 16, 1000):
         feature.type.multiArrayType.enumeratedShapes.shapes.add().shape.extend([1, steps, 19, 26])
     assert package_info(spec) == PackageInfo(frozenset({"input_node"}), 9, (16, 64, 1000), None)
+
+    batched = Model_pb2.Model(specificationVersion=9)  # a static package with enumerated batch sizes
+    feature = batched.description.input.add(name="input_node")
+    for batch in (1, 2, 4, 8, 16):
+        feature.type.multiArrayType.enumeratedShapes.shapes.add().shape.extend([batch, 16, 19, 26])
+    state = batched.description.input.add(name="previous_state_c")
+    for batch in (1, 2, 4, 8, 16):
+        state.type.multiArrayType.enumeratedShapes.shapes.add().shape.extend([batch, WIDTH])
+    info = package_info(batched)
+    assert info.batch_sizes == (1, 2, 4, 8, 16) and info.time_lengths == (), "time is fixed at 16"
+    assert package_info(spec).batch_sizes == ()

@@ -190,10 +190,16 @@ def stream_model_for(model: AcousticModel, settings: Settings) -> AcousticModel:
     """The model streams use: `model` wrapped in a BatchingModel when DS_STREAM_BATCHING is on and the backend
     computes several chunks in one pass; else `model` itself.
 
-    Core ML is not batched: the static .mlpackage is converted with batch 1, so its run_chunks is a loop of
-    batch-1 predictions and a batcher would only add a thread hop. Batching there needs a package re-converted
-    with a batch dimension (flexible or enumerated shapes); left out.
+    Core ML batches only with a static .mlpackage converted with a batch dimension (`scripts/convert.py
+    --stream-batch 1,2,4,8,16`: enumerated batch sizes, macOS 15); the batch-1 package's run_chunks is a loop
+    of batch-1 predictions, where a batcher would only add a thread hop. A backend whose run_chunks takes a
+    bounded batch in one pass (`chunk_batch_sizes`, the Core ML adapter's) gets batches of at most its largest
+    size: more could not share a prediction, and a batch needs not wait for more open streams than that.
     """
     if not settings.stream_batching or not model.batched_chunks:
         return model
-    return BatchingModel(model, max_wait_s=settings.stream_batch_wait_ms / 1000.0)
+    wait_s = settings.stream_batch_wait_ms / 1000.0
+    sizes: tuple[int, ...] = getattr(model, "chunk_batch_sizes", ())
+    if sizes:
+        return BatchingModel(model, max_batch=max(sizes), max_wait_s=wait_s)
+    return BatchingModel(model, max_wait_s=wait_s)

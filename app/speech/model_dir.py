@@ -44,6 +44,9 @@ class Manifest:
     # The time lengths dynamic.mlpackage accepts (enumerated shapes), ascending, the largest dynamic_max_steps;
     # empty for packages converted with a range (any length 1..dynamic_max_steps).
     dynamic_lengths: list[int] = field(default_factory=list)
+    # The batch sizes static.mlpackage accepts (enumerated; scripts/convert.py --stream-batch), ascending: [1]
+    # for a package without a batch dimension; empty in manifests written before the option (batch 1 too).
+    stream_batch_sizes: list[int] = field(default_factory=list)
     n_input: int = 26
     n_context: int = 9
     sample_rate: int = 16000

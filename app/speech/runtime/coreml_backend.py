@@ -11,6 +11,15 @@ which is what upstream's graph computes for the padded chunk with `input_lengths
 Packages converted before that change still declare `input_lengths` (and mask with it); they are fed it, so
 both kinds of model directory work.
 
+Batched streams: a static package converted with a batch dimension (`scripts/convert.py --stream-batch
+1,2,4,8,16`; enumerated batch sizes, macOS 15) takes several streams' full chunks as the rows of one prediction:
+`run_chunks` stacks them (windows (B,16,19,26), states (B,n_cell)), zero rows padding the batch up to the next
+enumerated size and more chunks than the largest size split into several predictions (planned like a file's
+windows: full batches of the largest size, then one padded up); `batched_chunks` is then True, so the stream
+batcher (app/speech/runtime/batching.py) gathers concurrent streams' chunks into those calls, as for NumPy. Rows
+never mix (the network is per row), so each row's result is its `run_chunk` result and the zero rows' are
+dropped. Tails (< 16 windows, once per stream) still go one by one through the dynamic package.
+
 Four facts about Core ML under Python (coremltools 9.0) shape the rest:
 - Inputs outlive `predict()`. coremltools wraps each input numpy array in an MLMultiArray without copying and
   keeps a reference to the array inside it; Core ML's MLE5 engine leaves its input ports bound after the call
@@ -58,7 +67,7 @@ from app.speech.runtime.coreml_runtime import (
     default_cache_dir,
     summarise_compute_plan,
 )
-from app.speech.runtime.windows import run_in_pieces
+from app.speech.runtime.windows import plan_pieces, run_in_pieces
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +200,7 @@ class CoreMLAcousticModel(AcousticModel):
         load: Callable[[Path, str], Any] = _load_mlmodel,
         hold: InputHold | None = None,
         time_lengths: Sequence[int] = (),
+        batch_sizes: Sequence[int] = (),
     ) -> None:
         _check_units(compute_units)
         self.compute_units = compute_units
@@ -199,6 +209,9 @@ class CoreMLAcousticModel(AcousticModel):
         self.max_steps = max_steps
         # The dynamic package's time lengths up to the window (enumerated: what it accepts; a range: every one).
         self._lengths = tuple(n for n in time_lengths if n <= max_steps) or tuple(range(1, max_steps + 1))
+        # The static package's batch sizes (enumerated: one row per stream's chunk); batch 1 only without them.
+        self.chunk_batch_sizes = tuple(sorted({int(n) for n in batch_sizes if n >= 1})) or (1,)
+        self.batched_chunks = self.chunk_batch_sizes[-1] > 1  # the class says False: batch 1 loops
         self._hold = INPUT_HOLD if hold is None else hold
         self._static = load(static_package, compute_units)
         self._dynamic = load(dynamic_package, compute_units)
@@ -240,6 +253,7 @@ class CoreMLAcousticModel(AcousticModel):
             load=lambda path, _units: packages[path.name],
             hold=hold,
             time_lengths=dynamic.time_lengths,
+            batch_sizes=packages[STATIC_PACKAGE].info.batch_sizes,
         )
         adapter._prove_predictions(min(dynamic.time_lengths, default=1))
         for name, package in packages.items():
@@ -254,20 +268,43 @@ class CoreMLAcousticModel(AcousticModel):
             described["compiled"] = self.compiled
         if self.compute_plan:
             described["compute_plan"] = self.compute_plan
+        if self.batched_chunks:
+            described["stream_batch_sizes"] = list(self.chunk_batch_sizes)
         return described
 
     def run_chunk(self, windows: np.ndarray, length: int, state: LstmState) -> tuple[np.ndarray, LstmState]:
-        if windows.shape[0] != STATIC_STEPS or not 0 <= length <= STATIC_STEPS:
-            raise ValueError(
-                f"a static chunk is {STATIC_STEPS} windows with 0..16 valid, got {windows.shape}, {length}"
-            )
+        _check_chunk(windows, length)
         if length == 0:
             return np.zeros((0, self.n_classes), np.float32), state
         if length < STATIC_STEPS:
             # The static package has no length mask (every step is valid, state after step 16), so the tail
             # runs unpadded through the dynamic package: the state after step `length`, as upstream computes.
             return self._predict(self._dynamic, self._dynamic_lengths, windows[:length], state)
-        return self._predict(self._static, self._static_lengths, windows, state)
+        return self._predict_rows([(windows, state)], self.chunk_batch_sizes[0])[0]
+
+    def run_chunks(
+        self, requests: Sequence[tuple[np.ndarray, int, LstmState]]
+    ) -> list[tuple[np.ndarray, LstmState]]:
+        """Full chunks as the rows of as few static predictions as the batch sizes allow (the module
+        docstring); empty chunks and tails as `run_chunk` runs them. Each result is the chunk's `run_chunk`
+        result. Every chunk is checked before anything runs."""
+        for windows, length, _ in requests:
+            _check_chunk(windows, length)
+        results: list[tuple[np.ndarray, LstmState] | None] = [None] * len(requests)
+        full = [i for i, (_, length, _) in enumerate(requests) if length == STATIC_STEPS]
+        for i, (windows, length, state) in enumerate(requests):
+            if length < STATIC_STEPS:
+                results[i] = self.run_chunk(windows, length, state)
+        # Batch sizes cut the rows as enumerated lengths cut a file's windows: full batches of the largest
+        # size, then the rest in one prediction padded up to the next size (batch 1 only: one row each).
+        for piece in plan_pieces(len(full), self.chunk_batch_sizes):
+            rows = full[piece.start : piece.stop]
+            outputs = self._predict_rows([(requests[i][0], requests[i][2]) for i in rows], piece.length)
+            for i, output in zip(rows, outputs, strict=True):
+                results[i] = output
+        done = [result for result in results if result is not None]
+        assert len(done) == len(requests)  # every request is a tail, empty, or one of the full rows
+        return done
 
     def run_window(self, windows: np.ndarray, state: LstmState) -> tuple[np.ndarray, LstmState]:
         """A window whose state goes on: cut exactly into the package's time lengths (no padding)."""
@@ -293,7 +330,7 @@ class CoreMLAcousticModel(AcousticModel):
     def _predict(
         self, model: Any, takes_lengths: bool, windows: np.ndarray, state: LstmState
     ) -> tuple[np.ndarray, LstmState]:
-        """One prediction over windows that are all valid (the static package gets exactly 16)."""
+        """One dynamic-package prediction over windows that are all valid."""
         length = windows.shape[0]
         feed = {
             INPUT_NODE: _private(windows[None]),
@@ -302,19 +339,55 @@ class CoreMLAcousticModel(AcousticModel):
         }
         if takes_lengths:
             feed["input_lengths"] = np.array([length], np.int32)
-        nbytes = sum(array.nbytes for array in feed.values())
-        try:
-            out = model.predict(feed)
-        except Exception as exc:  # Core ML raises plain RuntimeErrors with its own messages
-            raise InferenceError(f"Core ML prediction failed: {exc}") from exc
-        finally:
-            self._hold.keep(feed, nbytes)  # also after a failure: Core ML may have bound the inputs anyway
+        out = self._run(model, feed)
         probs = np.asarray(out["logits"], np.float32).reshape(-1, self.n_classes)[:length]
         new_state = LstmState(
             np.asarray(out["new_state_c"], np.float32).reshape(1, self.n_cell_dim),
             np.asarray(out["new_state_h"], np.float32).reshape(1, self.n_cell_dim),
         )
         return probs, new_state
+
+    def _predict_rows(
+        self, chunks: Sequence[tuple[np.ndarray, LstmState]], size: int
+    ) -> list[tuple[np.ndarray, LstmState]]:
+        """One static-package prediction of full chunks (windows (16, 19, 26), state) as rows 0..n-1 of a batch
+        of `size` (an enumerated batch size; zero rows after them): each row's probabilities and state."""
+        n, cells = len(chunks), self.n_cell_dim
+        if not 0 < n <= size:
+            raise ValueError(f"{n} chunks do not fit a batch of {size}")
+        # Fresh arrays that only the feed (then the hold) references, as _private makes them.
+        windows = np.zeros((size, STATIC_STEPS, *chunks[0][0].shape[1:]), np.float32)
+        state_c = np.zeros((size, cells), np.float32)
+        state_h = np.zeros((size, cells), np.float32)
+        for row, (chunk, state) in enumerate(chunks):
+            windows[row] = chunk
+            state_c[row] = state.c.reshape(cells)
+            state_h[row] = state.h.reshape(cells)
+        feed = {INPUT_NODE: windows, "previous_state_c": state_c, "previous_state_h": state_h}
+        if self._static_lengths:  # a package converted before the core-lstm change (batch 1)
+            feed["input_lengths"] = np.full(size, STATIC_STEPS, np.int32)
+        out = self._run(self._static, feed)
+        # logits are time-major: (16, batch, classes); the states (batch, n_cell).
+        probs = np.asarray(out["logits"], np.float32).reshape(STATIC_STEPS, size, self.n_classes)
+        new_c = np.asarray(out["new_state_c"], np.float32).reshape(size, cells)
+        new_h = np.asarray(out["new_state_h"], np.float32).reshape(size, cells)
+        return [
+            (
+                np.ascontiguousarray(probs[:, row]),
+                LstmState(new_c[row : row + 1].copy(), new_h[row : row + 1].copy()),
+            )
+            for row in range(n)
+        ]
+
+    def _run(self, model: Any, feed: dict[str, np.ndarray]) -> Mapping[str, Any]:
+        """One prediction; the feed's arrays are held past it (the module docstring: Core ML lets go late)."""
+        nbytes = sum(array.nbytes for array in feed.values())
+        try:
+            return model.predict(feed)
+        except Exception as exc:  # Core ML raises plain RuntimeErrors with its own messages
+            raise InferenceError(f"Core ML prediction failed: {exc}") from exc
+        finally:
+            self._hold.keep(feed, nbytes)  # also after a failure: Core ML may have bound the inputs anyway
 
     def _prove_predictions(self, dynamic_length: int) -> None:
         """One tiny prediction per package: a package Core ML loaded but cannot run fails here, at startup."""
@@ -327,6 +400,16 @@ class CoreMLAcousticModel(AcousticModel):
             ),
             (DYNAMIC_PACKAGE, dynamic_length, lambda: self.run_window(_silence(dynamic_length), zeros)),
         ]
+        if self.batched_chunks:  # the largest batch too: each enumerated shape is its own specialisation
+            largest = self.chunk_batch_sizes[-1]
+            chunks = [(_silence(STATIC_STEPS), zeros)] * largest
+            trials.append(
+                (
+                    f"{STATIC_PACKAGE} (batch {largest})",
+                    STATIC_STEPS,
+                    lambda: self._predict_rows(chunks, largest)[-1],
+                )
+            )
         for name, length, trial in trials:
             try:
                 probs, state = trial()
@@ -345,6 +428,13 @@ def _with_manifest_lengths(info: PackageInfo, model: ModelDirectory) -> PackageI
     if info.time_lengths or not all(isinstance(n, int) and n > 0 for n in listed):
         return info
     return replace(info, time_lengths=tuple(sorted(set(listed))))
+
+
+def _check_chunk(windows: np.ndarray, length: int) -> None:
+    if windows.shape[0] != STATIC_STEPS or not 0 <= length <= STATIC_STEPS:
+        raise ValueError(
+            f"a static chunk is {STATIC_STEPS} windows with 0..16 valid, got {windows.shape}, {length}"
+        )
 
 
 def _silence(steps: int) -> np.ndarray:

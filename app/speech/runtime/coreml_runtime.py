@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -43,6 +43,9 @@ class PackageInfo:
     spec_version: int
     time_lengths: tuple[int, ...] = ()  # enumerated lengths of input_node's time axis; () when not enumerated
     max_length: int | None = None  # upper bound of input_node's time range, when it is a range
+    # Enumerated sizes of input_node's batch axis (the batched static package, one row per stream); () when
+    # the batch is fixed at 1.
+    batch_sizes: tuple[int, ...] = ()
 
 
 class CoreMLRuntime(Protocol):
@@ -62,19 +65,32 @@ class CoreMLRuntime(Protocol):
 
 
 def package_info(spec: Any) -> PackageInfo:
-    """PackageInfo from a `Model_pb2.Model` specification (coremltools' protobuf)."""
+    """PackageInfo from a `Model_pb2.Model` specification (coremltools' protobuf).
+
+    input_node's enumerated shapes give the time lengths (its axis 1) and the batch sizes (axis 0), each only
+    where it varies: the dynamic package enumerates time at batch 1, the batched static package the batch at
+    16 steps."""
     lengths: tuple[int, ...] = ()
+    batches: tuple[int, ...] = ()
     bound = None
     for feature in spec.description.input:
         if feature.name != INPUT_NODE:
             continue
         array = feature.type.multiArrayType
-        lengths = tuple(sorted({int(s.shape[1]) for s in array.enumeratedShapes.shapes if len(s.shape) > 1}))
+        shapes = [tuple(int(d) for d in s.shape) for s in array.enumeratedShapes.shapes if len(s.shape) > 1]
+        lengths = _varying(shape[1] for shape in shapes)
+        batches = _varying(shape[0] for shape in shapes)
         ranges = array.shapeRange.sizeRanges
         if len(ranges) > 1 and ranges[1].upperBound > 0:
             bound = int(ranges[1].upperBound)
     inputs = frozenset(feature.name for feature in spec.description.input)
-    return PackageInfo(inputs, int(spec.specificationVersion), lengths, bound)
+    return PackageInfo(inputs, int(spec.specificationVersion), lengths, bound, batches)
+
+
+def _varying(sizes: Iterable[int]) -> tuple[int, ...]:
+    """The distinct sizes of one axis across enumerated shapes, ascending; () where the axis is fixed."""
+    distinct = tuple(sorted(set(sizes)))
+    return distinct if len(distinct) > 1 else ()
 
 
 class CoreMLTools:
