@@ -49,25 +49,32 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from app.speech.model_dir import DYNAMIC_PACKAGE, STATIC_PACKAGE, ModelDirectory, sha256_of
+from app.speech.model_dir import DYNAMIC_PACKAGE, STATIC_PACKAGE, ModelDirectory
 from app.speech.runtime.base import STATIC_STEPS, AcousticModel, InferenceError, LstmState
+from app.speech.runtime.coreml_packages import (  # the errors are this adapter's API too
+    CoreMLLoadFailed,
+    CoreMLUnavailable,
+    _compute_plan_entry,
+    _load_package,
+    _one_line,
+)
 from app.speech.runtime.coreml_runtime import (
     INPUT_NODE,
     CompiledModelCache,
     CoreMLRuntime,
     CoreMLTools,
     PackageInfo,
-    Predictor,
     default_cache_dir,
-    summarise_compute_plan,
 )
 from app.speech.runtime.windows import plan_pieces, run_in_pieces
+
+__all__ = ["COMPUTE_UNITS", "WINDOW_STEPS", "CoreMLAcousticModel", "CoreMLLoadFailed", "CoreMLUnavailable"]
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +85,6 @@ COMPUTE_UNITS = ("ALL", "CPU_AND_GPU", "CPU_ONLY", "CPU_AND_NE")
 WINDOW_STEPS = 200
 # Core ML lets go of bound inputs about 1 s after a prediction (PR #2827's trace); several times that is safe.
 HOLD_SECONDS = 5.0
-
-
-class CoreMLUnavailable(RuntimeError):
-    """Core ML cannot run here (not macOS, or coremltools without its native prediction library)."""
-
-
-class CoreMLLoadFailed(CoreMLUnavailable):
-    """Core ML is here but cannot load or run this model directory's packages (the message says why)."""
 
 
 def coreml_available() -> str | None:
@@ -131,24 +130,6 @@ class InputHold:
 # One per process, not per model: a model dropped right after a prediction (a failed load, a benchmark's reload)
 # must not take the arrays Core ML still holds with it.
 INPUT_HOLD = InputHold()
-
-
-@dataclass
-class LoadedPackage:
-    """A compiled package loaded by Core ML, with what its specification declares (CompiledMLModel has no
-    `input_description`)."""
-
-    predictor: Predictor
-    info: PackageInfo
-    compiled: Path
-    cached: bool
-
-    @property
-    def input_description(self) -> frozenset[str]:
-        return self.info.inputs
-
-    def predict(self, data: dict[str, np.ndarray]) -> Mapping[str, Any]:
-        return self.predictor.predict(data)
 
 
 def _load_mlmodel(path: Path, compute_units: str) -> Any:
@@ -450,69 +431,3 @@ def _check_outputs(
         raise ValueError(f"states of shape {state.c.shape}, {state.h.shape}, expected {state_shape}")
     if not (np.isfinite(probs).all() and np.isfinite(state.c).all() and np.isfinite(state.h).all()):
         raise ValueError("outputs that are not finite")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text if text else type(exc).__name__
-
-
-def _load_package(
-    runtime: CoreMLRuntime, cache: CompiledModelCache, model: ModelDirectory, name: str, compute_units: str
-) -> LoadedPackage:
-    """Check, compile (or reuse) and load one package; a cached entry that no longer loads is compiled again."""
-    package = model.path / name
-    info = _package_info(runtime, package, name)
-    sha256 = model.manifest.files.get(name) or sha256_of(package)
-    compiled, cached = _compile(cache, package, sha256, name)
-    try:
-        return _load_compiled(runtime, compiled, compute_units, info, cached, name)
-    except CoreMLLoadFailed as exc:
-        if not cached:
-            raise
-        log.warning("the cached compiled %s did not load (%s); compiling it again", name, exc)
-    cache.invalidate(sha256)
-    compiled, _ = _compile(cache, package, sha256, name)
-    return _load_compiled(runtime, compiled, compute_units, info, False, name)
-
-
-def _compile(cache: CompiledModelCache, package: Path, sha256: str, name: str) -> tuple[Path, bool]:
-    try:
-        return cache.compiled(package, sha256)
-    except Exception as exc:
-        raise CoreMLLoadFailed(
-            f"Core ML could not compile {name} ({_one_line(exc)}); use DS_BACKEND=numpy"
-        ) from exc
-
-
-def _load_compiled(
-    runtime: CoreMLRuntime, compiled: Path, compute_units: str, info: PackageInfo, cached: bool, name: str
-) -> LoadedPackage:
-    try:
-        return LoadedPackage(runtime.load(compiled, compute_units), info, compiled, cached)
-    except Exception as exc:
-        raise CoreMLLoadFailed(
-            f"Core ML could not load {name} ({_one_line(exc)}); use DS_BACKEND=numpy"
-        ) from exc
-
-
-def _package_info(runtime: CoreMLRuntime, package: Path, name: str) -> PackageInfo:
-    try:
-        info = runtime.describe_package(package)
-        supported = runtime.max_spec_version()
-    except Exception as exc:
-        raise CoreMLLoadFailed(f"cannot read {name} ({_one_line(exc)}); use DS_BACKEND=numpy") from exc
-    if info.spec_version > supported:
-        raise CoreMLLoadFailed(
-            f"{name} needs Core ML specification version {info.spec_version} but this macOS supports up to "
-            f"{supported}: update macOS, re-convert with an older --deployment-target, or use DS_BACKEND=numpy"
-        )
-    return info
-
-
-def _compute_plan_entry(runtime: CoreMLRuntime, compiled: Path, compute_units: str) -> dict[str, object]:
-    """The compute plan's summary, or why there is none (MLComputePlan needs macOS 14.4): never a failure."""
-    try:
-        return summarise_compute_plan(runtime.compute_plan(compiled, compute_units))
-    except Exception as exc:
-        return {"error": f"no compute plan: {_one_line(exc)}"}
