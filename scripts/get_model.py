@@ -122,6 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="NAME=HEX",
         help="an asset's sha256, e.g. deepspeech-0.9.3-models.scorer=<hex>; repeatable",
     )
+    add(
+        "--stream-batch",
+        help="passed to scripts/convert.py: enumerated batch sizes of the static package, e.g. 1,2,4,8,16 "
+        "(Core ML streams share predictions; macOS 15)",
+    )
     add("--force", action="store_true", help="replace --out if it exists")
     add("--download-only", action="store_true", help="download and check the assets, then stop")
     return parser.parse_args(argv)
@@ -349,6 +354,8 @@ def convert(args: argparse.Namespace, work: Path, out: Path, record: dict[str, o
     command = [sys.executable, str(ROOT / "scripts" / "convert.py"), *model_args, "--alphabet", str(alphabet)]
     command += ["--scorer", str(args.cache / release.scorer), "--out", str(out), "--name", out.name]
     command += ["--source-info", json.dumps(record)]
+    if args.stream_batch:
+        command += ["--stream-batch", args.stream_batch]
     step("converting: " + " ".join(command[1:]))
     if subprocess.run(command, stdout=sys.stderr).returncode != 0:
         raise GetModelError("scripts/convert.py failed (its error is above); nothing was written")
