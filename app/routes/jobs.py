@@ -88,7 +88,7 @@ async def submit_job(
 @router.get("/jobs", responses=_responses(401, 503))
 async def list_jobs(
     services: ServicesDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> dict[str, Any]:
     """Jobs, newest first, a page at a time."""
