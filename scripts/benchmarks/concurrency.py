@@ -60,8 +60,8 @@ async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bo
             message = json.loads(await ws.recv())
             if first is None:
                 first = time.perf_counter() - started
-            if message.get("type") == "partial":
-                partials += 1
+            if message.get("type") in ("partial", "utterance"):  # an utterance ends at each pause
+                partials += message.get("type") == "partial"
                 continue
             if message.get("type") == "error" and message.get("code") == "bad_message":
                 break
@@ -73,7 +73,7 @@ async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bo
         message = json.loads(await ws.recv())
         if message.get("type") == "final":
             return StreamOutcome(latencies, message.get("text", ""), partials)
-        if message.get("type") != "partial":
+        if message.get("type") not in ("partial", "utterance"):
             raise BenchError(f"unexpected message from /stream after eof: {message}")
 
 

@@ -87,6 +87,7 @@ class StreamResult:
     text: str | None = None
     duration: float | None = None  # the final's audio seconds
     partials: int = 0
+    utterances: int = 0
     eof_to_final: float | None = None  # seconds from sending eof to receiving the final
     send_lag: float = 0.0  # most a frame went out after its real-time slot (client side; backpressure shows)
     close_code: int | None = None
@@ -149,6 +150,8 @@ async def stream_once(
                 kind = message.get("type")
                 if kind == "partial":
                     result.partials += 1
+                elif kind == "utterance":
+                    result.utterances += 1
                 elif kind == "final" and result.text is None:
                     result.eof_to_final = loop.time() - eof_sent if eof_sent is not None else None
                     result.text, result.duration = message["text"], message["duration"]
