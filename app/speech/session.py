@@ -95,7 +95,7 @@ class StreamSession:
         started = time.perf_counter()
         self.samples_in += len(samples)
         self._add_windows(self._features.push(samples))
-        text = self._decoder.partial().text
+        text = self._decoder.partial_text()
         self.processing_seconds += time.perf_counter() - started
         if self._take_finished():
             self._last_partial = ""  # the utterance message says the live one starts afresh

@@ -113,6 +113,7 @@ class UtteranceDecoder:
         self._new: list[Utterance] = []  # finished since the last take_utterances()
         self._final: Transcript | None = None
         self._partial: Transcript | None = None  # until the next feed: a partial costs a search (or a round trip)
+        self._text: str | None = None  # the partial's text alone, likewise
 
     @property
     def utterances(self) -> list[Utterance]:
@@ -127,7 +128,7 @@ class UtteranceDecoder:
     def feed(self, probs: np.ndarray) -> None:
         if not len(probs):
             return
-        self._partial = None
+        self._partial = self._text = None
         cuts = self._endpointer.push(probs) if self._endpointer is not None else []
         taken = 0
         for cut in cuts:
@@ -166,6 +167,16 @@ class UtteranceDecoder:
         if self._partial is None:
             self._partial = shift_transcript(self._stream.partial(), self._first)
         return self._partial
+
+    def partial_text(self) -> str:
+        """The partial's text alone: a decoder process sends just that (a stream's partial message)."""
+        if self._final is not None:
+            return ""
+        if self._partial is None and hasattr(self._stream, "partial_text"):
+            if self._text is None:
+                self._text = str(self._stream.partial_text())
+            return self._text
+        return self.partial().text
 
     def stable_words(self) -> list[str]:
         """Every finished utterance's words, then those of the current one no later frame can change."""

@@ -101,7 +101,7 @@ def serve(connection: Connection, spec: DecoderSpec) -> None:
             decoded = 0.0
 
 
-REPLIED = frozenset({"decode", "partial", "stable_words", "finish"})
+REPLIED = frozenset({"decode", "partial", "partial_text", "stable_words", "finish"})
 
 
 def _handle(decoder: Any, streams: dict[int, Any], op: str, key: int, args: tuple[Any, ...]) -> Any:
@@ -123,6 +123,8 @@ def _handle(decoder: Any, streams: dict[int, Any], op: str, key: int, args: tupl
         return None
     if op == "finish":
         return streams.pop(key).finish()
+    if op == "partial_text":  # what a stream's partial message needs: not every word's timings, pickled
+        return stream.partial().text
     return getattr(stream, op)()  # partial, stable_words
 
 
@@ -318,6 +320,9 @@ class RemoteDecoderStream:
 
     def partial(self) -> Transcript:
         return self._opened().call("partial", self._key)  # type: ignore[no-any-return]
+
+    def partial_text(self) -> str:
+        return self._opened().call("partial_text", self._key)  # type: ignore[no-any-return]
 
     def stable_words(self) -> list[str]:
         return self._opened().call("stable_words", self._key)  # type: ignore[no-any-return]
