@@ -78,18 +78,23 @@ class Resampler:
         return np.asarray(self._stream.resample_chunk(samples, last=last), np.float32)
 
 
-def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
-    """Decode a whole file → (16 kHz mono float32 samples, duration in seconds of the original).
-
-    Raises EmptyAudio, UnsupportedAudio or AudioTooLong (all AudioError) and nothing else for bad input."""
+def _open(data: bytes) -> av.container.InputContainer:
+    """The file as a PyAV container (EmptyAudio, UnsupportedAudio when it is nothing FFmpeg reads)."""
     if not data:
         raise EmptyAudio("the uploaded file is empty")
     try:
-        container = av.open(io.BytesIO(data), mode="r")
+        return av.open(io.BytesIO(data), mode="r")
     except OPEN_ERRORS as exc:
         raise UnsupportedAudio(
             f"cannot decode the audio ({_reason(exc)}); send WAV, FLAC, MP3, M4A, OGG or WebM"
         ) from exc
+
+
+def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """Decode a whole file → (16 kHz mono float32 samples, duration in seconds of the original).
+
+    Raises EmptyAudio, UnsupportedAudio or AudioTooLong (all AudioError) and nothing else for bad input."""
+    container = _open(data)
     chunks: list[np.ndarray] = []
     rate = 0
     total = 0  # samples decoded, at the file's rate
@@ -126,14 +131,7 @@ def decode_audio(data: bytes, max_seconds: float | None = None) -> tuple[np.ndar
 def probe_duration(data: bytes, max_seconds: float | None = None) -> float | None:
     """The duration a file's header declares (None when it does not say), without decoding it: a batch job's
     check at submission. Raises EmptyAudio, UnsupportedAudio, or AudioTooLong when the header says so."""
-    if not data:
-        raise EmptyAudio("the uploaded file is empty")
-    try:
-        container = av.open(io.BytesIO(data), mode="r")
-    except OPEN_ERRORS as exc:
-        raise UnsupportedAudio(
-            f"cannot decode the audio ({_reason(exc)}); send WAV, FLAC, MP3, M4A, OGG or WebM"
-        ) from exc
+    container = _open(data)
     with container:
         if not container.streams.audio:
             raise UnsupportedAudio("the file holds no audio stream")

@@ -17,7 +17,13 @@ import numpy as np
 
 from app.speech.alphabet import Alphabet
 from app.speech.decoding.beam import BeamDecoder, BeamOptions
-from app.speech.decoding.grammar import Grammar, GrammarError, check_grammar, parse_grammar
+from app.speech.decoding.grammar import (
+    Grammar,
+    GrammarError,
+    check_beam_options,
+    check_grammar,
+    parse_grammar,
+)
 from app.speech.decoding.greedy import GreedyStream, greedy_decode
 from app.speech.decoding.hotwords import (
     DEFAULT_BOOST,
@@ -189,10 +195,7 @@ class BeamSearchDecoder:
     def check_options(
         self, *, hot_words: HotWordsArg = None, alternatives: int = 1, grammar: Grammar | None = None
     ) -> HotWords:
-        hot = validate_hot_words(hot_words, self.alphabet)
-        validate_alternatives(alternatives)
-        check_grammar(grammar, hot, self.alphabet)
-        return hot
+        return check_beam_options(self.alphabet, hot_words, alternatives, grammar)
 
     def decode(
         self,

@@ -38,7 +38,12 @@ from flashlight.lib.text.decoder import (
 )
 
 from app.speech.alphabet import ENGLISH, Alphabet
-from app.speech.decoding.hotwords import DecodeOptionError, HotWords
+from app.speech.decoding.hotwords import (
+    DecodeOptionError,
+    HotWords,
+    validate_alternatives,
+    validate_hot_words,
+)
 
 if TYPE_CHECKING:
     from app.speech.decoding.beam import BeamOptions
@@ -128,6 +133,16 @@ def parse_grammar(phrases: object, alphabet: Alphabet = ENGLISH) -> Grammar:
     if (UNK_WORD,) not in kept:
         kept.append((UNK_WORD,))  # [unk] is always allowed, as if the list held it (see module docstring)
     return Grammar(tuple(kept), alphabet, tuple(dropped.items()))
+
+
+def check_beam_options(
+    alphabet: Alphabet, hot_words: Any, alternatives: int, grammar: Grammar | None
+) -> HotWords:
+    """A beam search's per-request options, validated (HotWordError / DecodeOptionError / GrammarError)."""
+    hot = validate_hot_words(hot_words, alphabet)
+    validate_alternatives(alternatives)
+    check_grammar(grammar, hot, alphabet)
+    return hot
 
 
 def check_grammar(grammar: Grammar | None, hot_words: HotWords, alphabet: Alphabet) -> Grammar | None:

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 
 from app.speech.alphabet import Alphabet
-from app.speech.decoding.grammar import Grammar, check_grammar
-from app.speech.decoding.hotwords import HotWords, validate_alternatives, validate_hot_words
+from app.speech.decoding.grammar import Grammar, check_beam_options
+from app.speech.decoding.hotwords import HotWords
 from app.speech.decoding.timings import FRAME_SECONDS, Transcript
 from app.speech.memory import MemoryReturn
 
@@ -356,10 +356,7 @@ class RemoteDecoder:
     def check_options(
         self, *, hot_words: Any = None, alternatives: int = 1, grammar: Grammar | None = None
     ) -> HotWords:
-        hot = validate_hot_words(hot_words, self.alphabet)
-        validate_alternatives(alternatives)
-        check_grammar(grammar, hot, self.alphabet)
-        return hot
+        return check_beam_options(self.alphabet, hot_words, alternatives, grammar)
 
     def decode(
         self,
