@@ -282,22 +282,24 @@ def test_a_client_further_ahead_than_the_backlog_is_slowed_not_dropped(sentence_
 
 
 def test_a_client_gone_with_a_backlog_is_not_decoded(server: ServerUrl, sentence_pcm: bytes) -> None:
-    """Two clients send 50 s of audio each at once, then close: within a second or two the server stops
-    working on them (its CPU falls to idle, the streams close), instead of decoding the rest for nobody."""
+    """Three clients send 50 s of audio each at once, then close: within a second or two the server stops
+    working on them (its CPU falls to idle, the streams close), instead of decoding the rest for nobody. (Three,
+    not two: the server decodes ~30 s of this audio per second, so two clients' backlogs were mostly decoded
+    in the second they were given.)"""
     pcm = audio_of(sentence_pcm, 50.0)
     seen = audio_seconds(server)
-    busy, idle, answered = asyncio.run(send_and_leave(server, pcm, clients=2))
+    busy, idle, answered = asyncio.run(send_and_leave(server, pcm, clients=3))
     decoded = audio_seconds(server) - seen
     print(
         f"server CPU: {busy:.2f} s/s before the clients left, {idle:.2f} s/s from 1.5 s after; "
-        f"{decoded:.1f} s of the 100 s sent decoded; close frames answered within 3.5 s: {answered}"
+        f"{decoded:.1f} s of the 150 s sent decoded; close frames answered within 3.5 s: {answered}"
     )
     assert answered, "the server left the clients' close frames unread (behind their audio) for 3.5 s"
     assert busy > 0.5, "the server was not decoding the backlog: nothing to show"
     assert idle < 0.15, f"the server went on working for clients that had gone ({idle:.2f} CPU s/s)"
     samples = scrape(httpx.get(f"{server}/metrics"))
     assert value(samples, "ds_active_streams", route="/stream") == 0
-    assert decoded < 2 * 50.0 * 0.6, f"{decoded:.1f} s of the 100 s sent were decoded for nobody"
+    assert decoded < 3 * 50.0 * 0.6, f"{decoded:.1f} s of the 150 s sent were decoded for nobody"
 
 
 def audio_seconds(server: ServerUrl) -> float:
