@@ -22,8 +22,15 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from dsconvert.graph import OUTPUT_NAMES, FrozenGraph, _dense, _fused_lstm_all_valid, strip_default_attrs
-from dsconvert.weights import DENSE_LAYERS, LSTM_BIAS, LSTM_KERNEL, N_CONTEXT, N_INPUT, DeepSpeechWeights
+from dsconvert.graph import (
+    OUTPUT_NAMES,
+    FrozenGraph,
+    _dense,
+    _fused_lstm_all_valid,
+    freeze_with_weights,
+    strip_default_attrs,
+)
+from dsconvert.weights import N_CONTEXT, N_INPUT, DeepSpeechWeights
 
 tfv1 = tf.compat.v1
 
@@ -60,18 +67,7 @@ def build_batched_static_graph(weights: DeepSpeechWeights) -> FrozenGraph:
         tf.identity(new_c, name="new_state_c")
         tf.identity(new_h, name="new_state_h")
 
-        with tfv1.Session(graph=graph) as session:
-            by_name = {v.op.name: v for v in tfv1.global_variables()}
-            for name in (
-                *(f"{layer}/{p}" for layer in DENSE_LAYERS for p in ("weights", "bias")),
-                LSTM_KERNEL,
-                LSTM_BIAS,
-            ):
-                by_name[name].load(weights.arrays[name], session)
-            frozen = tfv1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), list(OUTPUT_NAMES)
-            )
-        frozen = tfv1.graph_util.extract_sub_graph(frozen, list(OUTPUT_NAMES))
+        frozen = freeze_with_weights(graph, weights, list(OUTPUT_NAMES))
     strip_default_attrs(frozen)
     return FrozenGraph(frozen, steps, "coreml")
 

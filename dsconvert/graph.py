@@ -225,20 +225,26 @@ def build_frozen_graph(
         _metadata(alphabet)
 
         output_nodes = [*OUTPUT_NAMES, "mfccs", *METADATA_NAMES]
-        with tfv1.Session(graph=graph) as session:
-            by_name = {v.op.name: v for v in tfv1.global_variables()}
-            for name in (
-                *(f"{layer}/{p}" for layer in DENSE_LAYERS for p in ("weights", "bias")),
-                LSTM_KERNEL,
-                LSTM_BIAS,
-            ):
-                by_name[name].load(weights.arrays[name], session)
-            frozen = tfv1.graph_util.convert_variables_to_constants(
-                session, graph.as_graph_def(), output_nodes
-            )
-        frozen = tfv1.graph_util.extract_sub_graph(frozen, output_nodes)
+        frozen = freeze_with_weights(graph, weights, output_nodes)
     strip_default_attrs(frozen)
     return FrozenGraph(frozen, n_steps, variant)
+
+
+def freeze_with_weights(
+    graph: tf.Graph, weights: DeepSpeechWeights, output_nodes: list[str]
+) -> tf.compat.v1.GraphDef:
+    """The graph (being built, as the default graph) with the checkpoint's weights loaded into its variables
+    and frozen to constants, cut down to what `output_nodes` need."""
+    with tfv1.Session(graph=graph) as session:
+        by_name = {v.op.name: v for v in tfv1.global_variables()}
+        for name in (
+            *(f"{layer}/{p}" for layer in DENSE_LAYERS for p in ("weights", "bias")),
+            LSTM_KERNEL,
+            LSTM_BIAS,
+        ):
+            by_name[name].load(weights.arrays[name], session)
+        frozen = tfv1.graph_util.convert_variables_to_constants(session, graph.as_graph_def(), output_nodes)
+    return tfv1.graph_util.extract_sub_graph(frozen, output_nodes)
 
 
 def strip_default_attrs(graph_def: tf.compat.v1.GraphDef) -> None:
