@@ -17,8 +17,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +35,7 @@ from tests.support.audio import pcm16, speak, spoken_phrases
 from tests.support.metrics import scrape, value
 from tests.support.redis import RedisServer, running_redis
 from tests.support.server import ROOT, ServerUrl, running_server
+from tests.support.worker import WorkerProcess
 
 MODEL_DIR = ROOT / "models" / "default"
 HEARTBEAT = 3  # DS_JOB_HEARTBEAT_SECONDS where a worker is killed: recovery in seconds, not the default 20
@@ -74,58 +73,6 @@ def job_env(redis_url: str | None, **extra: str) -> dict[str, str]:
 def db_url(redis: RedisServer, db: int) -> str:
     """One Redis database per service: the queues of different tests do not meet."""
     return redis.url.rsplit("/", 1)[0] + f"/{db}"
-
-
-class WorkerProcess:
-    """`python -m app.worker` with its log in a file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.worker"],
-                cwd=ROOT,
-                env={**os.environ, **env},
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_started(self, timeout: float = 60.0) -> WorkerProcess:
-        deadline = time.monotonic() + timeout
-        while "Worker starting" not in self.text():
-            if self.process.poll() is not None:
-                pytest.fail(f"the worker exited with {self.process.returncode}:\n{self.text()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"the worker did not start in {timeout:g} s:\n{self.text()}")
-            time.sleep(0.05)
-        return self
-
-    def saq_lines(self, what: str, job_id: str) -> list[str]:
-        """SAQ's log lines `what` ("Processing", "Finished", ...) about one job."""
-        return [
-            line for line in self.text().splitlines() if f"{what} Job<" in line and f"key: {job_id}," in line
-        ]
-
-    def stop(self) -> None:
-        if self.alive:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
 
 
 def submit(base: str, audio: bytes, *, params: dict[str, Any] | None = None, **form: str) -> httpx.Response:

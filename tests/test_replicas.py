@@ -28,6 +28,7 @@ from app.settings import Settings
 from tests.support.audio import pcm16, speak
 from tests.support.haproxy import SERVERS, Balancer, running_haproxy
 from tests.support.metrics import scrape, value
+from tests.support.protocol import send_then_drop
 from tests.support.redis import RedisServer, running_redis
 from tests.support.server import ServerUrl, running_server
 
@@ -245,15 +246,7 @@ def test_a_cut_resumable_stream_resumes_on_its_replica_through_haproxy(
 
     ws, hello = open_resumable_on(lb, target)
     assert hello["stream_id"].startswith(f"{target}.") and hello["resume_url"] == f"/stream?replica={target}"
-    cut = (len(pcm) // 2) // FRAME * FRAME  # mid-sentence
-    acked = 0
-    for start in range(0, cut, FRAME):
-        ws.send(pcm[start : start + FRAME])
-    while acked < cut // 2:  # some acks seen, others still in flight when the line drops
-        message = json.loads(ws.recv(timeout=30))
-        if message["type"] == "ack":
-            acked = message["bytes"]
-    ws.socket.close()  # no close frame: the network went away (HAProxy passes the drop on)
+    cut, acked = send_then_drop(ws, pcm, FRAME)  # then the network goes away (HAProxy passes the drop on)
 
     other = next(name for name in SERVERS if name != target)
     with connect(replicas[other].ws + "/stream") as wrong:  # the other replica knows whose stream it is

@@ -17,6 +17,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from app.service.resume import ResumableStreams, ResumeRefused
 from tests.support.audio import speak
+from tests.support.protocol import send_then_drop
 from tests.support.server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,15 +85,7 @@ def test_a_cut_stream_resumes_to_the_uninterrupted_transcript(server: str, pcm: 
     assert len(reference["text"].split()) >= 6, reference  # real words, so equality means something
 
     ws, hello = open_resumable(server)
-    cut = (len(pcm) // 2) // FRAME * FRAME  # mid-sentence
-    acked = 0
-    for start in range(0, cut, FRAME):
-        ws.send(pcm[start : start + FRAME])
-    while acked < cut // 2:  # some acks seen, others still in flight when the line drops
-        message = json.loads(ws.recv(timeout=30))
-        if message["type"] == "ack":
-            acked = message["bytes"]
-    ws.socket.close()  # no close frame: the network went away
+    cut, acked = send_then_drop(ws, pcm, FRAME)  # then the network goes away
 
     ws, resumed = resume(server, hello["stream_id"], hello["resume_token"], acked)
     with ws:

@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -32,8 +31,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from tests.support.worker import WorkerProcess
+
 from .audio import prepare_clips
-from .common import CACHE, ROOT, BenchError, log
+from .common import CACHE, BenchError, log
 from .models import ensure_model, server_env, uvicorn_server
 
 
@@ -54,50 +55,22 @@ WORKER_START_S = 120.0
 POLL_S = 0.01
 
 
-class Worker:
-    """One `python -m app.worker`, its log in .cache/bench/."""
-
-    def __init__(self, env: dict[str, str], tag: str) -> None:
-        self.log = CACHE / f"worker-{tag}.log"
-        with self.log.open("w") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "app.worker"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
-            )
-
-    def wait_started(self) -> None:
-        deadline = time.monotonic() + WORKER_START_S
-        while "Worker starting" not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None:
-                raise BenchError(f"the job worker exited with {self.process.returncode}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                raise BenchError(f"the job worker did not start in {WORKER_START_S:g} s:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-
 @contextlib.contextmanager
-def workers(env: dict[str, str], n: int, tag: str) -> Iterator[list[Worker]]:
+def workers(env: dict[str, str], n: int, tag: str) -> Iterator[list[WorkerProcess]]:
     """`n` worker processes, started together, up and past their first sweep; stopped on exit."""
-    started = [Worker(env, f"{tag}-{i}") for i in range(n)]
+    started = [WorkerProcess(env, CACHE / f"worker-{tag}-{i}.log", inherit_env=False) for i in range(n)]
     try:
         for worker in started:
-            worker.wait_started()
+            worker.wait_started(WORKER_START_S, on_failure=_refuse)
         time.sleep(1.0)  # the first sweep of each runs as it starts: let it pass before any job is queued
         yield started
     finally:
         for worker in started:
             worker.stop()
+
+
+def _refuse(message: str) -> None:
+    raise BenchError(message)
 
 
 def _seconds(iso: str) -> float:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.server import ROOT, free_port
+from tests.support.server import ROOT, free_port, stop_server
 
 CONFIG = ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 BACKEND = "replicas"
@@ -110,11 +110,5 @@ def running_haproxy(
         balancer.wait_for_status(dict.fromkeys(replicas, "UP"), wait_s)
         yield balancer
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_server(process, timeout=10)
         log.unlink(missing_ok=True)

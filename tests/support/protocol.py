@@ -57,3 +57,19 @@ def converse(
                 return replies, reply.get("code", 1000)
             assert_no_leak(reply.get("text") or "")
             replies.append(json.loads(reply["text"]))
+
+
+def send_then_drop(ws: Any, pcm: bytes, frame: int) -> tuple[int, int]:
+    """Send the first half of `pcm` (whole frames) on a resumable /stream (a websockets sync client), read acks
+    until some have come while others are still in flight, then drop the TCP connection with no close frame (the
+    network went away); (the bytes sent, the last ack seen)."""
+    cut = (len(pcm) // 2) // frame * frame  # mid-sentence
+    for start in range(0, cut, frame):
+        ws.send(pcm[start : start + frame])
+    acked = 0
+    while acked < cut // 2:
+        message = json.loads(ws.recv(timeout=30))
+        if message["type"] == "ack":
+            acked = message["bytes"]
+    ws.socket.close()
+    return cut, acked

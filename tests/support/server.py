@@ -68,12 +68,12 @@ def start_server(
         )
 
 
-def stop_server(process: subprocess.Popen[str]) -> None:
-    """SIGTERM (the service drains first), and SIGKILL if it has not exited within 30 s."""
+def stop_server(process: subprocess.Popen[str], timeout: float = 30.0) -> None:
+    """SIGTERM (the service drains first), and SIGKILL if it has not exited within `timeout` seconds."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
