@@ -174,6 +174,12 @@ STREAM_OUT = {
             ("code", "message"),
         ),
     ),
+    "streamWarning": _message(
+        "warning",
+        "once, and the stream goes on: decoder_limited when the audio keeps the decoder's beam full (noise to "
+        "the model), so it keeps less history to bound its memory",
+        _typed("warning", {"code": {"enum": ["decoder_limited"]}, "message": STRING}, ("code", "message")),
+    ),
     "streamResumable": _message(
         "resumable",
         "answer to a resumable config: the id and first token to resume with, the reconnect window, and where to "

@@ -13,7 +13,9 @@ DS_MAX_UTTERANCE_SECONDS) ends an utterance (app/speech/endpoint.py); `{"type": 
 text of the utterance in progress changes; `{"type": "final", "text", "words", "confidence", "duration",
 "utterance"}` after eof: text and words of the whole stream, `utterance` the last one (eof ended it; null when a
 pause already had), so the utterance messages and the final's utterance together are the whole transcript; and
-`{"type": "error", "code", "message"}` for a bad message (the stream goes on).
+`{"type": "error", "code", "message"}` for a bad message (the stream goes on); `{"type": "warning", "code",
+"message"}` once when the decoder runs under pressure (`decoder_limited`: noise keeps its beam full, so it keeps
+less history to bound its memory; the stream goes on).
 A client that closes without eof gets no final: a closed websocket cannot carry one.
 
 Resuming after a network blip (app/service/resume.py): `"resumable": true` in the config makes the server answer
@@ -72,6 +74,9 @@ class StreamDialect:
 
     def ending_notice(self, code: str, message: str) -> dict[str, Any]:
         return error(code, message)
+
+    def warning(self, code: str, message: str) -> dict[str, Any]:
+        return {"type": "warning", "code": code, "message": message}
 
     def final(self, stream: StreamController, transcript: Transcript) -> list[dict[str, Any]]:
         # The utterances eof finished: all but the last as utterance messages, the last in the final (whose

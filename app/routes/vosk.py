@@ -76,6 +76,9 @@ class VoskDialect:
     def error(self, code: str, message: str) -> dict[str, Any]:
         return {"error": message}  # Vosk has no error codes, only a message
 
+    def warning(self, code: str, message: str) -> None:
+        return None  # Vosk has no such message (the metrics and the log still say it)
+
     def ending_notice(self, code: str, message: str) -> None:
         return None  # the final result of what was heard, as for eof
 

@@ -102,6 +102,13 @@ class Metrics:
         self.job_run_seconds = Histogram(
             "ds_job_run_seconds", "Time a worker spent on a job", buckets=JOB_BUCKETS, registry=r
         )
+        self.decoder_limited_streams = Counter(
+            "ds_decoder_limited_streams",
+            "Streams whose beam search ran under pressure (its beam full: noise to the model) and so kept less "
+            "history, by route",
+            ["route"],
+            registry=r,
+        )
         self.active_streams = Gauge(
             "ds_active_streams", "Open websocket streams, by route", ["route"], registry=r
         )
@@ -188,6 +195,9 @@ class Metrics:
         self.active_streams.labels(route).dec()
         if session is not None:
             self.observe_stream(route, session)
+
+    def decoder_limited(self, route: str) -> None:
+        self.decoder_limited_streams.labels(route).inc()
 
     def stream_failed(self, route: str, code: str) -> None:
         self.stream_errors.labels(route, code).inc()

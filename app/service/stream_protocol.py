@@ -34,6 +34,13 @@ FAILURE_TEXT = {
     "are unaffected); open a new one",
 }
 
+# Said once per stream, and the stream goes on.
+DECODER_LIMITED_TEXT = (
+    "this audio keeps the beam search's every hypothesis alive (noise, music or static sound like that to the "
+    "model), so the decoder now keeps less history to bound its memory; speech is unaffected, but expect little "
+    "or no text from sound like this"
+)
+
 
 class ChannelClosed(Exception):
     """The client has gone (the connection closed)."""
@@ -108,6 +115,10 @@ class StreamDialect(Protocol):
 
     def ending_notice(self, code: str, message: str) -> dict[str, Any] | None:
         """What to send before the final when the server ends the stream (max_duration, server_shutdown)."""
+        ...
+
+    def warning(self, code: str, message: str) -> dict[str, Any] | None:
+        """A notice the stream goes on after (decoder_limited), or None where the protocol has no such message."""
         ...
 
     def final(self, stream: StreamController, transcript: Transcript) -> list[dict[str, Any]]:

@@ -26,6 +26,7 @@ from app.service.metrics import Metrics
 from app.service.resume import ResumableStream, ResumeRefused
 from app.service.services import Services
 from app.service.stream_protocol import (
+    DECODER_LIMITED_TEXT,
     FAILURE_TEXT,
     BadMessage,
     Channel,
@@ -109,6 +110,7 @@ class StreamController:
         # is received but does not count, so it cannot hold a slot past DS_STREAM_IDLE_TIMEOUT.
         self._idle_waited = 0.0
         self._active_at_samples = 0
+        self._limited_told: StreamSession | None = None  # the session whose decoder_limited was reported
 
     @property
     def session(self) -> StreamSession:
@@ -375,7 +377,17 @@ class StreamController:
         if session.samples_in - self._active_at_samples >= ACTIVITY_SAMPLES:
             self._active_at_samples = session.samples_in
             self.note_activity()
+        if session.decoder_limited and self._limited_told is not session:
+            await self._tell_limited(session)
         return partial
+
+    async def _tell_limited(self, session: StreamSession) -> None:
+        self._limited_told = session
+        self.services.metrics.decoder_limited(self.route)
+        log.info("%s stream: decoder under pressure (its beam stays full), pruning more often", self.route)
+        notice = self.dialect.warning("decoder_limited", DECODER_LIMITED_TEXT)
+        if notice is not None:
+            await self.send(notice)
 
     def _window_bytes(self, audio: StreamAudio) -> int:
         """How many bytes of `audio` are gathered before a pass (0: none, each frame goes on its own)."""

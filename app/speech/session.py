@@ -70,6 +70,12 @@ class StreamSession:
         return self._decoder.stable_words()
 
     @property
+    def decoder_limited(self) -> bool:
+        """The beam search ran under pressure (its beam stayed full: noise, music or static to the model) and kept
+        less history to bound its memory (app/speech/decoding/beam.py, BeamOptions.pressure_fill)."""
+        return self._decoder.limited_prunes > 0
+
+    @property
     def healthy(self) -> bool:
         """False once the stream cannot go on: its decoder process died (resuming it is refused)."""
         return self._decoder.healthy

@@ -114,6 +114,7 @@ class UtteranceDecoder:
         self._final: Transcript | None = None
         self._partial: Transcript | None = None  # until the next feed: a partial costs a search (or a round trip)
         self._text: str | None = None  # the partial's text alone, likewise
+        self._limited_before = 0  # finished utterances' prunes under pressure
 
     @property
     def utterances(self) -> list[Utterance]:
@@ -146,6 +147,7 @@ class UtteranceDecoder:
             self._stream.feed(probs)
 
     def _end_utterance(self) -> None:
+        self._limited_before = self.limited_prunes
         frames = self._frames - self._first
         transcript = shift_transcript(self._stream.finish(), self._first)
         self._conf_sum += transcript.confidence * frames
@@ -154,6 +156,11 @@ class UtteranceDecoder:
             self._done.append(utterance)
             self._new.append(utterance)
         self._first = self._frames
+
+    @property
+    def limited_prunes(self) -> int:
+        """Prunes the beam search took under pressure (its beam full: noise to the model) in this stream."""
+        return self._limited_before + int(getattr(self._stream, "limited_prunes", 0))
 
     @property
     def healthy(self) -> bool:

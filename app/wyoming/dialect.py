@@ -42,6 +42,9 @@ class WyomingDialect:
     def error(self, code: str, message: str) -> dict[str, Any]:
         return event("error", text=message, code=code)
 
+    def warning(self, code: str, message: str) -> None:
+        return None  # Wyoming has no such event (the metrics and the log still say it)
+
     def ending_notice(self, code: str, message: str) -> None:
         return None  # the transcript of what was heard follows (drain, maximum length)
 

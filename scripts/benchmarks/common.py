@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -291,6 +292,44 @@ def rss_kib(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (/proc/<pid>/stat); 0 where /proc has none."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14 and 15
+
+
+def child_pids(pid: int) -> list[int]:
+    """A process's live children (its decoder processes), from /proc/<pid>/task/*/children."""
+    pids: list[int] = []
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            pids += [int(p) for p in children.read_text().split()]
+    return pids
+
+
+class CpuMeter:
+    """CPU seconds a process and, separately, its children used while a block ran."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.own = self.children = 0.0
+
+    def _read(self) -> tuple[float, dict[int, float]]:
+        return cpu_seconds(self.pid), {child: cpu_seconds(child) for child in child_pids(self.pid)}
+
+    def __enter__(self) -> CpuMeter:
+        self._before = self._read()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        own, children = self._read()
+        self.own = own - self._before[0]
+        self.children = sum(t - self._before[1].get(child, 0.0) for child, t in children.items())
 
 
 class RssSampler:

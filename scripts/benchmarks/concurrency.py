@@ -24,6 +24,7 @@ from .common import (
     TARGET_BATCHED_RATIO,
     TARGET_PROCESSES_RATIO,
     BenchError,
+    CpuMeter,
     RssSampler,
     completing_pieces,
     log,
@@ -44,6 +45,11 @@ class StreamOutcome:
     partials: int
 
 
+# Messages a stream sends on its way: an utterance ends at each pause; a warning says a noise-like input (the
+# random-weight model's) put the decoder under pressure.
+PASSING = ("partial", "utterance", "warning")
+
+
 async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bool]) -> StreamOutcome:
     """Closed loop: a 320 ms frame, then a message of unknown type whose error reply (the server answers a
     stream's messages in order) says the frame was taken; then the next frame. Latency of a frame that
@@ -60,7 +66,7 @@ async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bo
             message = json.loads(await ws.recv())
             if first is None:
                 first = time.perf_counter() - started
-            if message.get("type") in ("partial", "utterance"):  # an utterance ends at each pause
+            if message.get("type") in PASSING:
                 partials += message.get("type") == "partial"
                 continue
             if message.get("type") == "error" and message.get("code") == "bad_message":
@@ -73,7 +79,7 @@ async def _drive_stream(ws: Any, pieces: Sequence[bytes], completes: Sequence[bo
         message = json.loads(await ws.recv())
         if message.get("type") == "final":
             return StreamOutcome(latencies, message.get("text", ""), partials)
-        if message.get("type") not in ("partial", "utterance"):
+        if message.get("type") not in PASSING:
             raise BenchError(f"unexpected message from /stream after eof: {message}")
 
 
@@ -108,7 +114,7 @@ def concurrent_streams(server: ServerUrl, pcm: np.ndarray, n: int) -> dict[str, 
     url = server.ws + "/stream"
     time.sleep(0.5)  # let the previous run's memory settle before the idle reading
     before = rss_kib(server.pid)
-    with RssSampler(server.pid) as rss:
+    with RssSampler(server.pid) as rss, CpuMeter(server.pid) as cpu:
         wall, outcomes = asyncio.run(_run_streams(url, pcm, n))
     audio = n * len(pcm) / SAMPLE_RATE
     latencies = [x for o in outcomes for x in o.latencies]
@@ -123,6 +129,8 @@ def concurrent_streams(server: ServerUrl, pcm: np.ndarray, n: int) -> dict[str, 
         "rss_before_mib": before / 1024,
         "rss_peak_mib": rss.peak / 1024,
         "rss_per_stream_mib": max(0, rss.peak - before) / 1024 / n,
+        "cpu_service_s": cpu.own,  # the service process
+        "cpu_decoders_s": cpu.children,  # its decoder processes (0 when it decodes in-process)
         "text": outcomes[0].text,
         "all_finals_identical": len(texts) == 1,
         "partials_per_stream": statistics.mean(o.partials for o in outcomes),
@@ -221,9 +229,37 @@ def decoder_processes(
         ratio,
         (">=", TARGET_PROCESSES_RATIO),
     )
+    modelled = cores_model(one, spread)
+    for cores, value in modelled.items():
+        bench.row(model, 4, f"decoder processes / in-process, modelled for {cores} cores", value)
     return {
         "decoder_processes": default_decoder_processes(),
         "in_process": one,
         "ratio": ratio,
         "same_text": normalise(one["text"]) == normalise(spread["text"]),
+        "modelled_ratio_by_cores": modelled,
+        "model": CORES_MODEL,
     }
+
+
+CORES_MODEL = (
+    "From the two runs above: in-process, the beam search holds the GIL, so more cores do not shorten that run "
+    "(its measured wall time W stands for every core count); with decoder processes the service process used S "
+    "CPU seconds and the decoder processes D, so on C cores (C-1 decoder processes) the run takes about "
+    "max(S, D/(C-1), (S+D)/C), or S+D on one core. Modelled ratio = W / that; at the measured core count it can "
+    "be checked against the measured ratio. The service's S is taken as one core's work (its Python holds the "
+    "GIL; the NumPy network's helper threads would shorten it); on a Mac with Core ML the network leaves the CPU "
+    "and S shrinks, so there the model errs low."
+)
+
+
+def cores_model(
+    one: dict[str, Any], spread: dict[str, Any], cores: Sequence[int] = (1, 2, 8, 10)
+) -> dict[str, float]:
+    """`CORES_MODEL`: the ratio decoder processes / in-process for `cores` cores, from the measured CPU split."""
+    service, decoders = spread["cpu_service_s"], spread["cpu_decoders_s"]
+    modelled = {}
+    for c in cores:
+        wall = service + decoders if c == 1 else max(service, decoders / (c - 1), (service + decoders) / c)
+        modelled[str(c)] = one["wall_seconds"] / wall if wall > 0 else 0.0
+    return modelled

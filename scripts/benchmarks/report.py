@@ -146,6 +146,8 @@ def headlines(bench: Bench) -> tuple[dict[str, float | None], dict[str, Any], di
             "(the cores less one) / DS_DECODER_PROCESSES=0, batching on",
             decoder_processes=conc[1]["processes"]["decoder_processes"],
             same_text=conc[1]["processes"]["same_text"],
+            modelled_by_cores=conc[1]["processes"]["modelled_ratio_by_cores"],
+            model=conc[1]["processes"]["model"],
         )
     if tiny:
         for key in HEADLINES:

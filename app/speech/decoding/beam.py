@@ -93,6 +93,14 @@ class BeamOptions:
     # often to stay under this many hypothesis-frames (never below MIN_PRUNE_INTERVAL); beam 500 at interval 200
     # is 100 000 and so unchanged (its transcripts and the held-out WER/CER with it).
     max_hypothesis_frames: int = 160_000
+    # Under pressure: a beam this full is noise to the model (on the default model's espeak speech the beam held
+    # at most 160 of 500 hypotheses; on music or noise every one). Once it was that full at `pressure_checks`
+    # counts in a row (one per PRESSURE_CHECK_FRAMES: 6 s) the stream prunes twice as often, holding half the
+    # memory, until its beam thins again, and says so (BeamStream.limited_prunes). Not sooner: a few seconds of
+    # speech the model cannot read fill it too (the held-out set's high voice), and their transcripts stay as
+    # they were.
+    pressure_fill: float = 0.9
+    pressure_checks: int = 3
 
     @property
     def stream_prune_interval(self) -> int:
@@ -101,8 +109,20 @@ class BeamOptions:
         return max(MIN_PRUNE_INTERVAL, min(self.prune_interval, bounded))
 
     @property
+    def pressure_prune_interval(self) -> int:
+        """The prune interval while the beam stays full."""
+        return max(MIN_PRUNE_INTERVAL, self.stream_prune_interval // 2)
+
+    @property
     def stream_prune_look_back(self) -> int:
-        return min(self.prune_look_back, self.stream_prune_interval // 2)
+        return self.look_back(self.stream_prune_interval)
+
+    def look_back(self, interval: int) -> int:
+        """Frames a prune at `interval` leaves uncommitted."""
+        return min(self.prune_look_back, interval // 2)
+
+    def under_pressure(self, live_hypotheses: int) -> bool:
+        return live_hypotheses >= self.pressure_fill * self.beam_width
 
     @property
     def stream_memory_bytes(self) -> int:
@@ -116,6 +136,11 @@ class BeamOptions:
 BYTES_PER_HYPOTHESIS_FRAME = 128
 STREAM_BASE_BYTES = 4 * 1024 * 1024
 MIN_PRUNE_INTERVAL = 32
+# The beam is counted (to tell pressure) at a prune at most once per this many frames (2 s): counting builds every
+# hypothesis's path (get_all_final_hypothesis, 16 ms for a full beam of 2048 on noise), and on noise the stream
+# prunes at nearly every frame (a prune commits only up to the best path's last word, and noise may have none for
+# a while): counted at every prune, 60 s of music took 61 s to decode at width 2048 instead of 4.4.
+PRESSURE_CHECK_FRAMES = 100
 
 
 def _emissions(probs: np.ndarray) -> np.ndarray:
@@ -258,6 +283,10 @@ class BeamStream:
         self._decoder.decode_begin()
         self._frames = 0  # frames fed
         self._pruned = 0  # frames whose path is committed (flashlight's nPrunedFrames_)
+        self._interval = decoder.options.stream_prune_interval  # shorter under pressure
+        self._next_check = 0  # the first frame at which a prune may count the beam again
+        self._full_checks = 0  # counts in a row that found the beam full
+        self.limited_prunes = 0  # prunes taken under pressure (the beam full: noise to the model)
         # Best-path token per committed frame (a list append per prune): kept for tests/test_stream_decoding.py's
         # reference collapse, which checks stable_words() against the all-frames computation.
         self._committed_path: list[int] = []
@@ -279,15 +308,27 @@ class BeamStream:
         while len(probs):
             # Split at the prune points so that any chunking of the same probabilities prunes at the same frames
             # (and so decodes the same): whole-file decoding, streams and the OpenAI SSE path agree exactly.
-            interval = opt.stream_prune_interval
-            room = interval - (self._frames - self._pruned) if prune else len(probs)
+            room = self._interval - (self._frames - self._pruned) if prune else len(probs)
             part, probs = probs[: max(room, 1)], probs[max(room, 1) :]
             em = _emissions(part)
             self._decoder.decode_step(em.ctypes.data, em.shape[0], em.shape[1])
             self._pending.append(np.asarray(part, dtype=np.float32))
             self._frames += len(part)
-            if prune and self._frames - self._pruned >= interval:
-                self.prune(opt.stream_prune_look_back)
+            if prune and self._frames - self._pruned >= self._interval:
+                self.prune(opt.look_back(self._interval))
+                if self._frames >= self._next_check:
+                    self._check_pressure()
+                    self._next_check = self._frames + PRESSURE_CHECK_FRAMES
+
+    def _check_pressure(self) -> None:
+        """After a prune (at frames that depend on the probabilities alone, so any chunking decides alike): a beam
+        full for long prunes at the shorter interval until it thins."""
+        opt = self._owner.options
+        full = opt.under_pressure(len(self._decoder.get_all_final_hypothesis()))
+        self._full_checks = self._full_checks + 1 if full else 0
+        limited = self._full_checks >= opt.pressure_checks
+        self._interval = opt.pressure_prune_interval if limited else opt.stream_prune_interval
+        self.limited_prunes += limited
 
     def prune(self, look_back: int) -> None:
         """Commit the best path up to (about) `look_back` frames ago and let flashlight free older states."""

@@ -124,7 +124,7 @@ def _handle(decoder: Any, streams: dict[int, Any], op: str, key: int, args: tupl
     if op == "finish":
         return streams.pop(key).finish()
     if op == "partial_text":  # what a stream's partial message needs: not every word's timings, pickled
-        return stream.partial().text
+        return stream.partial().text, stream.limited_prunes
     return getattr(stream, op)()  # partial, stable_words
 
 
@@ -303,6 +303,7 @@ class RemoteDecoderStream:
         self._options: tuple[Any, int, Grammar | None] | None = (hot_words, alternatives, grammar)
         process.open_streams += 1
         self._open = True
+        self.limited_prunes = 0  # as of the last partial_text (the count lives with the stream over there)
 
     @property
     def healthy(self) -> bool:
@@ -322,7 +323,8 @@ class RemoteDecoderStream:
         return self._opened().call("partial", self._key)  # type: ignore[no-any-return]
 
     def partial_text(self) -> str:
-        return self._opened().call("partial_text", self._key)  # type: ignore[no-any-return]
+        text, self.limited_prunes = self._opened().call("partial_text", self._key)
+        return text  # type: ignore[no-any-return]
 
     def stable_words(self) -> list[str]:
         return self._opened().call("stable_words", self._key)  # type: ignore[no-any-return]
