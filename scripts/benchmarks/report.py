@@ -142,9 +142,11 @@ def headlines(bench: Bench) -> tuple[dict[str, float | None], dict[str, Any], di
     put("beam_streams_processes_over_one", "concurrency", lambda r: r["beam_streams_processes_over_one"], {})
     if conc:
         details["beam_streams_processes_over_one"].update(
-            how="aggregate audio seconds per wall second, 16 beam-search streams, the default DS_DECODER_PROCESSES "
-            "(the cores less one) / DS_DECODER_PROCESSES=0, batching on",
+            how="aggregate audio seconds per wall second, 16 beam-search streams, a decoder process per core / "
+            "DS_DECODER_PROCESSES=0, batching on; default_ratio: the default DS_DECODER_PROCESSES (the cores less "
+            "one) / 0",
             decoder_processes=conc[1]["processes"]["decoder_processes"],
+            default_ratio=conc[1]["processes"]["default_ratio"],
             same_text=conc[1]["processes"]["same_text"],
             modelled_by_cores=conc[1]["processes"]["modelled_ratio_by_cores"],
             model=conc[1]["processes"]["model"],
