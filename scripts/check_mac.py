@@ -8,7 +8,8 @@ Lines: the backend and compute units; the compute plan (the device Core ML prefe
 the LSTM's named); parity with the NumPy backend on the same weights (largest probability difference, same
 transcript); speed (whole-file real-time factor, stream chunk latency p50/p95); the GIL stall (a Core ML
 prediction holds the GIL: how long a thread that wants to wake every millisecond waits while a whole-file window
-runs, at the service's window and at the package's largest); VECLIB_MAXIMUM_THREADS=1 (what app/__init__.py sets)
+runs, at the service's window and at the package's largest); batched streams (a static package converted with
+--stream-batch: 8 streams' chunks in one prediction against one each, the same within float16 rounding); VECLIB_MAXIMUM_THREADS=1 (what app/__init__.py sets)
 against every core, for Core ML's own CPU work; a cold start (empty compiled-model cache) against a warm one.
 Starts and the VECLIB runs are separate processes (a variable Accelerate reads when it loads; a cold cache).
 
@@ -119,6 +120,7 @@ def check(args: argparse.Namespace, report: Report) -> bool:
     ok = report_parity(report, engines, samples)
     report_speed(report, engines, samples)
     report_gil(report, model_dir, coreml, args)
+    ok = report_batched(report, coreml) and ok
     windows = windows_of(samples)
     report_veclib(report, args, windows)
     report_starts(report, args)
@@ -203,6 +205,48 @@ def report_gil(report: Report, model_dir: Any, coreml: Any, args: argparse.Names
         idle_ms=idle,
         **{name: {"call_ms": call, "stall_ms": gap} for name, (call, gap) in results.items()},
     )
+
+
+def report_batched(report: Report, coreml: Any, streams: int = 8) -> bool:
+    """Concurrent streams' chunks as one prediction (a static package converted with --stream-batch) against
+    one prediction per stream: the same probabilities and states (float16 rounding), and how much faster."""
+    from app.speech.runtime import LstmState
+
+    sizes = coreml.chunk_batch_sizes
+    if max(sizes) == 1:
+        report.line(
+            "batched",
+            "static package is batch 1: convert with `scripts/convert.py --stream-batch 1,2,4,8,16` (macOS 15) "
+            "to share one prediction between streams",
+            batch_sizes=list(sizes),
+        )
+        return True
+    rng = np.random.default_rng(2)
+    requests = [
+        (rng.normal(0, 3, (16, 19, 26)).astype(np.float32), 16, LstmState.zeros(coreml.n_cell_dim))
+        for _ in range(streams)
+    ]
+    together = coreml.run_chunks(requests)
+    alone = [coreml.run_chunk(windows, length, state) for windows, length, state in requests]
+    difference = max(
+        float(np.abs(a - b).max()) for (a, _), (b, _) in zip(together, alone, strict=True)
+    )
+    batched_s = best_of(5, partial(coreml.run_chunks, requests))
+    rows_s = best_of(5, lambda: [coreml.run_chunk(w, n, s) for w, n, s in requests])
+    ok = difference <= PROB_TOLERANCE
+    report.line(
+        "batched",
+        f"{streams} streams' chunks in one prediction {batched_s * 1000:.1f} ms, one each {rows_s * 1000:.1f} ms "
+        f"({rows_s / batched_s:.1f}x); max |batched - alone| {difference:.1e} (batch sizes "
+        f"{'/'.join(map(str, sizes))})",
+        batch_sizes=list(sizes),
+        batched_ms=batched_s * 1000,
+        one_each_ms=rows_s * 1000,
+        speedup=rows_s / batched_s,
+        max_difference=difference,
+        ok=ok,
+    )
+    return ok
 
 
 def report_veclib(report: Report, args: argparse.Namespace, windows: np.ndarray) -> None:

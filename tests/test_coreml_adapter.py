@@ -349,6 +349,25 @@ def test_more_chunks_than_the_largest_batch_are_split(
         _assert_same(got, numpy_model.run_chunk(windows, length, state))
 
 
+def test_check_mac_measures_batched_streams_against_one_prediction_each(
+    numpy_model: NumpyAcousticModel,
+) -> None:
+    """scripts/check_mac.py's batched line, on the fake: 8 streams' chunks in one prediction agree with one
+    each; a batch-1 package says how to convert a batched one instead."""
+    from scripts import check_mac
+
+    report = check_mac.Report()
+    model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=BATCH_SIZES)
+    assert check_mac.report_batched(report, model)
+    numbers = report.numbers["batched"]
+    assert numbers["batch_sizes"] == list(BATCH_SIZES) and numbers["ok"]
+    assert numbers["max_difference"] <= 1e-5 and numbers["speedup"] > 0
+    assert any(feed["input_node"].shape[0] == 8 for feed in fakes[md.STATIC_PACKAGE].feeds)
+    single, _ = _adapter(numpy_model, legacy=False)
+    assert check_mac.report_batched(report, single)
+    assert report.numbers["batched"] == {"batch_sizes": [1]}
+
+
 def test_a_lone_chunk_and_bad_chunks_with_a_batched_package(numpy_model: NumpyAcousticModel) -> None:
     model, fakes = _adapter(numpy_model, legacy=False, batch_sizes=(1, 4))
     (windows, length, state), *_ = _chunks(32, 1)
@@ -759,8 +778,16 @@ def test_an_unwritable_cache_compiles_into_a_temporary_directory(
         (None, 9, r"static.mlpackage needs Core ML specification version 9 but this macOS supports up to 8"),
         ("compile", 8, r"Core ML could not compile static.mlpackage \(Error reading protobuf spec"),
         ("load", 8, r"Core ML could not load static.mlpackage \(Error opening the compiled model"),
-        ("predict", 8, r"static.mlpackage loaded but its first prediction failed \(Core ML prediction failed"),
-        ("shape", 8, r"static.mlpackage loaded but its first prediction failed \(cannot reshape|logits of shape"),
+        (
+            "predict",
+            8,
+            r"static.mlpackage loaded but its first prediction failed \(Core ML prediction failed",
+        ),
+        (
+            "shape",
+            8,
+            r"static.mlpackage loaded but its first prediction failed \(cannot reshape|logits of shape",
+        ),
     ],
 )
 def test_a_package_core_ml_cannot_run_is_refused_at_load(
@@ -772,7 +799,9 @@ def test_a_package_core_ml_cannot_run_is_refused_at_load(
         CoreMLAcousticModel.load(model_dir, cache_dir=cache, runtime=runtime)
     text = str(refused.value)
     assert "\n" not in text and "DS_BACKEND=numpy" in text
-    assert isinstance(refused.value, CoreMLUnavailable), "app/main.py's STARTUP_ERRORS: one line, no traceback"
+    assert isinstance(refused.value, CoreMLUnavailable), (
+        "app/main.py's STARTUP_ERRORS: one line, no traceback"
+    )
     if fail == "compile":
         assert _entries(cache) == [], "a failed compile leaves nothing in the cache"
 
@@ -882,7 +911,9 @@ def test_the_compute_plan_is_summarised_for_info(tmp_path: Path, numpy_model: Nu
     # Where the plan cannot be had (macOS < 14.4, an error), the entry says why and the load goes on.
     failing = CoreMLAcousticModel.load(model_dir, cache_dir=tmp_path / "c", runtime=FakeCoreML(numpy_model))
     plan = failing.describe()["compute_plan"]
-    assert plan == {name: {"error": "no compute plan: MLComputePlan is not supported."} for name in ("static", "dynamic")}
+    assert plan == {
+        name: {"error": "no compute plan: MLComputePlan is not supported."} for name in ("static", "dynamic")
+    }
 
 
 # --- the real coremltools, as far as Linux can run it ---------------------------------------------------------

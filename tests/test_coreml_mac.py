@@ -118,6 +118,62 @@ def test_concurrent_streams_each_get_their_own_transcript(
     assert together == alone * 4
 
 
+def _macos_major() -> int:
+    import platform
+
+    release = platform.mac_ver()[0]
+    return int(release.split(".")[0]) if release else 0
+
+
+@pytest.mark.coreml
+@needs_core_ml
+@pytest.mark.skipif(_macos_major() < 15, reason="a batched static package needs macOS 15 (enumerated shapes)")
+def test_a_batched_static_package_shares_one_prediction_between_streams(
+    tmp_path: Path, engines: dict[str, Engine], speech: np.ndarray, other_speech_wav: Path
+) -> None:
+    """The default model converted from its frozen graph with --stream-batch 1,2,4,8: 5 streams' chunks in one
+    prediction equal each chunk alone (float16 rounding), and streams through the batcher get the batch-1
+    package's transcripts."""
+    import soundfile
+
+    from app.settings import Settings
+    from app.speech.engine import stream_model_for
+    from app.speech.model_dir import load_model_directory
+    from app.speech.runtime import LstmState
+    from app.speech.runtime.coreml_backend import CoreMLAcousticModel
+    from dsconvert.cli import main
+
+    out = tmp_path / "batched"
+    args = [
+        "--graph",
+        str(DEFAULT_MODEL / "static_graph.pb"),
+        "--alphabet",
+        str(DEFAULT_MODEL / "alphabet.txt"),
+    ]
+    assert main([*args, "--out", str(out), "--stream-batch", "1,2,4,8"]) == 0
+    model = CoreMLAcousticModel.load(load_model_directory(out), cache_dir=tmp_path / "cache")
+    assert model.chunk_batch_sizes == (1, 2, 4, 8)
+    rng = np.random.default_rng(3)
+    requests = [
+        (rng.normal(0, 3, (16, 19, 26)).astype(np.float32), 16, LstmState.zeros(model.n_cell_dim))
+        for _ in range(5)
+    ]
+    for (got, got_state), (windows, length, state) in zip(model.run_chunks(requests), requests, strict=True):
+        want, want_state = model.run_chunk(windows, length, state)
+        assert float(np.abs(got - want).max()) <= PROB_TOLERANCE
+        assert float(np.abs(got_state.h - want_state.h).max()) <= PROB_TOLERANCE
+    batched = Engine(
+        engines["coreml"].model_dir,
+        engines["coreml"].model,
+        engines["coreml"].decoder,
+        stream_model_for(model, Settings(model_dir=DEFAULT_MODEL)),
+    )
+    clips = [speech, soundfile.read(other_speech_wav, dtype="float32")[0]] * 2
+    alone = [_stream(engines["coreml"], clip) for clip in clips]
+    with ThreadPoolExecutor(len(clips)) as pool:
+        assert list(pool.map(lambda clip: _stream(batched, clip), clips)) == alone
+
+
 IDLE_CHILD = """
 import sys, time
 from pathlib import Path

@@ -77,7 +77,9 @@ def test_mac_workflow_runs_on_apple_silicon_with_python_311() -> None:
     assert "group" in workflow["concurrency"]
     assert {"push", "pull_request"} <= set(workflow["on"])
     (job,) = workflow["jobs"].values()
-    assert job["runs-on"] == "macos-14"  # Apple silicon: coremltools' and torch's macOS wheels are arm64
+    # Apple silicon: coremltools' and torch's macOS wheels are arm64; macOS 15 runs the batched package's test
+    assert job["runs-on"] == "${{ matrix.os }}"
+    assert job["strategy"]["matrix"]["os"] == ["macos-14", "macos-15"]
     assert 0 < job["timeout-minutes"] <= 60
     assert job["env"]["EXPECTED_BACKEND"] == "coreml"
 

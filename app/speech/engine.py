@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,29 +97,34 @@ class Engine:
         """
         hot = self.decoder.check_options(hot_words=hot_words, alternatives=alternatives)
         started = time.monotonic()
-        probs = self.probabilities(samples)
         decoder = self.utterance_decoder(hot_words=hot, alternatives=alternatives)
-        decoder.feed(probs)
+        # Each window's probabilities go to the decoder as soon as they exist: with decoder processes, a feed is
+        # a send, so the network runs the next window while a decoder process decodes this one.
+        for probs in self.window_probabilities(samples):
+            decoder.feed(probs)
         transcript = decoder.finish()
         elapsed = time.monotonic() - started
         return Transcription(transcript, len(samples) / 16000.0, elapsed, tuple(decoder.utterances))
 
     def probabilities(self, samples: np.ndarray) -> np.ndarray:
-        """The acoustic model's (T, n_classes) output for a whole file: the dynamic model in windows of
-        ≤ max_steps with the LSTM state carried, the last window padded as the backend may."""
+        """The acoustic model's (T, n_classes) output for a whole file (`window_probabilities`, joined)."""
+        parts = [np.zeros((0, self.model.n_classes), np.float32), *self.window_probabilities(samples)]
+        return np.concatenate(parts)
+
+    def window_probabilities(self, samples: np.ndarray) -> Iterator[np.ndarray]:
+        """A whole file through the dynamic model in windows of ≤ max_steps with the LSTM state carried, window
+        by window; the last window padded as the backend may."""
         state = LstmState.zeros(self.model.n_cell_dim)
-        parts = [np.zeros((0, self.model.n_classes), np.float32)]
         blocks = context_window_blocks(mfcc(samples), self.model.max_steps)
         windows = next(blocks, None)
         while windows is not None:
             following = next(blocks, None)
             if following is None:  # the last: its state is not needed, so a backend may pad it
-                parts.append(self.model.run_last_window(windows, state))
+                yield self.model.run_last_window(windows, state)
             else:
                 probs, state = self.model.run_window(windows, state)
-                parts.append(probs)
+                yield probs
             windows = following
-        return np.concatenate(parts)
 
     def utterance_decoder(
         self,
