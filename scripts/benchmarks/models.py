@@ -54,13 +54,21 @@ def ensure_model(name: str) -> Path:
 
 def engine_settings(model_dir: Path) -> Any:
     """Settings for an in-process Engine: the service's defaults (DS_* variables and .env ignored) with the
-    NumPy backend, beam 500 and the model directory's scorer if it has one."""
+    NumPy backend, beam 500 and the model directory's scorer if it has one, and no utterance endpoints: the
+    native client decodes a file as one utterance, and so do ours here (a cut at a pause restarts the LM's
+    sentence, which changes a word here and there)."""
     from app.settings import Settings
 
     saved = {k: os.environ.pop(k) for k in foreign_settings()}
     try:
         return Settings(
-            _env_file=None, model_dir=model_dir, backend="numpy", decoder="beam", beam_width=BEAM_WIDTH
+            _env_file=None,
+            model_dir=model_dir,
+            backend="numpy",
+            decoder="beam",
+            beam_width=BEAM_WIDTH,
+            endpoint_silence_ms=0,
+            max_utterance_seconds=0,
         )
     finally:
         os.environ.update(saved)
