@@ -22,12 +22,12 @@ from app.speech.decoding.lm import Scorer
 from app.speech.engine import Engine
 from app.speech.session import StreamSession
 from scripts.benchmarks import decoder_memory
-from tests.support.audio import pcm16, spoken_phrases
+from tests.support.audio import DEMO_PHRASES, pcm16, spoken_phrases
 from tests.support.metrics import scrape, value
 from tests.support.protocol import stream_pcm
 
 ROOT = Path(__file__).resolve().parent.parent
-PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+PHRASES = DEMO_PHRASES
 
 
 def test_the_default_beam_is_unchanged_and_wide_beams_prune_sooner() -> None:

@@ -18,12 +18,12 @@ import soundfile
 from app.settings import Settings
 from app.speech.decoding import DecoderProcessFailed, parse_grammar
 from app.speech.engine import Engine
-from tests.support.audio import pcm16, spoken_phrases
+from tests.support.audio import DEMO_PHRASES, pcm16, spoken_phrases
 from tests.support.metrics import scrape, value
 from tests.support.server import running_server
 
 ROOT = Path(__file__).resolve().parent.parent
-PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+PHRASES = DEMO_PHRASES
 
 
 def engine_with(processes: int) -> Engine:

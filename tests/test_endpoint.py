@@ -12,9 +12,9 @@ from app.settings import Settings
 from app.speech.alphabet import ENGLISH
 from app.speech.endpoint import EndpointConfig, Endpointer
 from app.speech.engine import Engine
-from tests.support.audio import spoken_phrases
+from tests.support.audio import DEMO_PHRASES, spoken_phrases
 
-PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+PHRASES = DEMO_PHRASES
 BLANK, SPACE = ENGLISH.blank_index, ENGLISH.space_index
 A = ENGLISH.labels.index("a")
 

@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from app.main import create_app
 from app.settings import Settings
 from app.speech.engine import Engine
-from tests.support.audio import pcm16, spoken_phrases
+from tests.support.audio import DEMO_PHRASES, pcm16, spoken_phrases
 from tests.support.metrics import scrape, value
 from tests.support.protocol import stream_pcm
 
-PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+PHRASES = DEMO_PHRASES
 
 
 @pytest.fixture(scope="module")

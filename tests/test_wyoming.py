@@ -21,12 +21,12 @@ from wyoming.client import AsyncTcpClient
 from wyoming.event import Event
 from wyoming.info import Describe, Info
 
-from tests.support.audio import speak
+from tests.support.audio import DEMO_PHRASES, speak
 from tests.support.metrics import scrape, value
 from tests.support.server import ServerUrl, free_port, running_server
 
 ROOT = Path(__file__).resolve().parent.parent
-PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+PHRASES = DEMO_PHRASES
 CHUNK_SECONDS = 0.064  # what Home Assistant's pipelines send (1024 samples at 16 kHz)
 
 

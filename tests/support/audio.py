@@ -80,6 +80,10 @@ def with_pyav(samples: np.ndarray, rate: int, container: str, codec: str) -> byt
     return buffer.getvalue()
 
 
+# The demo's commands, spoken with pauses (spoken_phrases): the default model hears each one exactly.
+DEMO_PHRASES = ["turn on the kitchen lights", "what is the weather like today", "set a timer for ten minutes"]
+
+
 def spoken_phrases(
     phrases: list[str], out: Path, pause: float = 1.2, lead: float = 0.5, tail: float = 1.0
 ) -> Path:
