@@ -9,8 +9,9 @@ the LSTM's named); parity with the NumPy backend on the same weights (largest pr
 transcript); speed (whole-file real-time factor, stream chunk latency p50/p95); the GIL stall (a Core ML
 prediction holds the GIL: how long a thread that wants to wake every millisecond waits while a whole-file window
 runs, at the service's window and at the package's largest); batched streams (a static package converted with
---stream-batch: 8 streams' chunks in one prediction against one each, the same within float16 rounding); VECLIB_MAXIMUM_THREADS=1 (what app/__init__.py sets)
-against every core, for Core ML's own CPU work; a cold start (empty compiled-model cache) against a warm one.
+--stream-batch: 8 streams' chunks in one prediction against one each, the same within float16 rounding);
+VECLIB_MAXIMUM_THREADS=1 (what app/__init__.py sets) against every core, for Core ML's own CPU work; a cold
+start (empty compiled-model cache) against a warm one.
 Starts and the VECLIB runs are separate processes (a variable Accelerate reads when it loads; a cold cache).
 
 Exits 0 when the backends agree, 1 when they do not, 2 where Core ML cannot run (not macOS).
