@@ -141,26 +141,35 @@ def cpu_per_audio_second(base: ServerUrl, pcm: bytes, frame: int, route: str) ->
 # --- finding 1: tiny frames cost what 100 ms frames cost ------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def frame_by_frame() -> Iterator[ServerUrl]:
+    """A server that decodes every frame on its own (DS_STREAM_COALESCE_MS=0), as before coalescing."""
+    with running_server({**MODEL, "DS_STREAM_COALESCE_MS": "0"}) as base:
+        yield base
+        assert_clean_log(base)
+
+
 @pytest.mark.parametrize("route", ["/stream", "/vosk"])
-def test_tiny_frames_cost_about_what_tenth_second_frames_cost(
-    server: ServerUrl, sentence_pcm: bytes, route: str
+def test_tiny_frames_are_gathered_into_passes(
+    server: ServerUrl, frame_by_frame: ServerUrl, sentence_pcm: bytes, route: str
 ) -> None:
-    """Real-time audio in 64-byte frames (500 a second) against 100 ms frames: before coalescing the server spent
-    5-10x the CPU on the tiny ones here (0.34-0.55 against 0.04-0.10 s per audio second; 13x in the report that
-    found it), now 1.5-2.5x (what is left is the per-message cost in uvicorn and the kernel, and /vosk's reply
-    to every frame)."""
+    """Real-time audio in 64-byte frames (500 a second), measured side by side on a server that gathers them
+    (the default) and one that decodes each on its own. The report that found it: 13x the CPU of 100 ms frames
+    frame by frame. Gathered, the server spends 0.4-0.6 of what it spends frame by frame here; what is left is the
+    per-message cost in uvicorn and the kernel, and /vosk's reply to every frame. The bound is a ratio of CPU
+    seconds in one run, loose enough for a loaded machine (the bench holds the measurements)."""
     pcm = audio_of(sentence_pcm, 4.0)
-    tiny, tiny_outcome = cpu_per_audio_second(server, pcm, TINY, route)
-    tenth, tenth_outcome = cpu_per_audio_second(server, pcm, TENTH, route)
-    print(f"{route}: server CPU per audio second: 64 B frames {tiny:.3f} s, 100 ms frames {tenth:.3f} s")
-    assert tiny_outcome.final is not None and tenth_outcome.final is not None, (tiny_outcome, tenth_outcome)
-    assert tiny_outcome.final["text"] == tenth_outcome.final["text"]  # the same audio, however it is framed
-    assert len(tiny_outcome.final["text"].split()) >= 6  # real words
+    gathered, outcome = cpu_per_audio_second(server, pcm, TINY, route)
+    alone, alone_outcome = cpu_per_audio_second(frame_by_frame, pcm, TINY, route)
+    print(f"{route}: CPU per audio second, 64 B frames: gathered {gathered:.3f} s, one by one {alone:.3f} s")
+    assert outcome.final is not None and alone_outcome.final is not None, (outcome, alone_outcome)
+    assert outcome.final["text"] == alone_outcome.final["text"]  # the same audio, however it is decoded
+    assert len(outcome.final["text"].split()) >= 6  # real words
     if route == "/vosk":  # Vosk's protocol: exactly one reply per client message (the config gets none)
         frames = -(-len(pcm) // TINY)
-        assert len(tiny_outcome.replies) == frames + 1
-        assert all("partial" in reply for reply in tiny_outcome.replies[:-1])
-    assert tiny < 2.5 * tenth + 0.05, f"64 B frames cost {tiny / tenth:.1f}x the CPU of 100 ms frames"
+        assert len(outcome.replies) == frames + 1
+        assert all("partial" in reply for reply in outcome.replies[:-1])
+    assert gathered < 0.75 * alone, f"gathered frames cost {gathered / alone:.2f} of the CPU of lone frames"
 
 
 @pytest.fixture(scope="module")
