@@ -138,7 +138,7 @@ def cpu_per_audio_second(base: ServerUrl, pcm: bytes, frame: int, route: str) ->
     return (cpu_seconds(base.pid) - before) / (len(pcm) / BYTES_PER_SECOND), outcome
 
 
-# --- finding 1: tiny frames cost what 100 ms frames cost ------------------------------------------------------
+# --- finding 1: tiny frames are gathered into passes, not decoded one by one ----------------------------------
 
 
 @pytest.fixture(scope="module")
